@@ -1,0 +1,285 @@
+"""The ``dasgen`` command line: thin Typer commands, each parsing options and calling one plain stage function.
+
+Every problem with the user's input is a DasgenError: the CLI prints its one line to stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from dasgen.config import Config, load_config
+from dasgen.errors import DasgenError
+
+app = typer.Typer(
+    name="dasgen",
+    help="Label-true diffusion translation of synthetic segmentation datasets (Peng et al., ICCV 2023), "
+    "as a reproducible DVC pipeline. Start with `dasgen plan`; `dvc repro` runs everything.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+class State:
+    params: Path = Path("params.yaml")
+    workspace: Path = Path(".")
+    overrides: dict[str, Any] = {}
+
+    @classmethod
+    def config(cls) -> Config:
+        return load_config(cls.params, cls.overrides)
+
+    @classmethod
+    def ws(cls):
+        from dasgen.stages.workspace import Workspace
+
+        return Workspace(cls.workspace)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise DasgenError(f"--set {text!r}: expected KEY=VALUE, e.g. --set sgg.lambda=40")
+    return key.strip(), yaml.safe_load(value)
+
+
+def handles_errors(command: Callable) -> Callable:
+    """Turn DasgenError into one line on stderr and exit code 1; Ctrl-C into exit code 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DasgenError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; run the same command again to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    params: Annotated[Path, typer.Option("--params", "-p", help="Params file.")] = Path("params.yaml"),
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Root of the pipeline's data/ and metrics/.")]
+    = Path("."),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a param: KEY=VALUE (repeatable).")]
+    = None,
+) -> None:
+    """Global options shared by every command."""
+    State.params, State.workspace = params, workspace
+    try:
+        State.overrides = dict(_parse_override(s) for s in (set_ or []))
+    except DasgenError as error:
+        err.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+@handles_errors
+def toy(out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: toy.out).")] = None
+        ) -> None:
+    """Generate the procedural toy domains: DIR/source (GTA5 layout) and DIR/target (Cityscapes layout)."""
+    from dasgen.stages.toy import run_toy
+
+    summary = run_toy(State.config(), root=State.workspace, out=out_dir)
+    err.print(f"toy domains written: {json.dumps(summary)}")
+
+
+@app.command()
+@handles_errors
+def inspect(
+    root: Annotated[Path, typer.Argument(help="Dataset root directory.")],
+    kind: Annotated[str, typer.Option("--kind", help="gta5 | synthia | cityscapes | folder")],
+    split: Annotated[Optional[str], typer.Option("--split", help="Split to check (dataset-specific).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check a dataset before a long run: usable pairs, broken pairs with reasons, resolutions, class pixels."""
+    from dasgen.datasets.inspect import format_report, inspect_dataset
+    from dasgen.datasets.registry import open_dataset
+
+    labelled = not (kind == "cityscapes" and split in ("train_extra",))
+    report = inspect_dataset(open_dataset(kind, root, split=split, labelled=labelled), progress=not as_json)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        out.print(format_report(report))
+
+
+@app.command()
+@handles_errors
+def scan() -> None:
+    """Decode every source pair once; record usable pairs and skipped ones (with reasons) in data/source_pairs.json."""
+    from dasgen.stages.scan import run_scan
+
+    run_scan(State.config(), State.ws(), console=err)
+
+
+@app.command("train-diffusion")
+@handles_errors
+def train_diffusion() -> None:
+    """Train the target DDPM on unlabelled target images (Eq. 5); resumes after an interruption."""
+    from dasgen.stages.diffusion import run_train_diffusion
+
+    run_train_diffusion(State.config(), State.ws(), console=err)
+
+
+@app.command("train-g0")
+@handles_errors
+def train_g0() -> None:
+    """Train the source segmenter g_0 with the noisy+masked augmentation (Supp. C)."""
+    from dasgen.stages.g0 import run_train_g0
+
+    run_train_g0(State.config(), State.ws(), console=err)
+
+
+@app.command()
+@handles_errors
+def translate(
+    domain: Annotated[Optional[int], typer.Option("--domain", "-n", help="One PTL domain n (1..N).")] = None,
+    domains: Annotated[Optional[str], typer.Option("--domains", help="A range FIRST-LAST, run in order.")] = None,
+) -> None:
+    """Run PTL domain(s): translate X^n with SGG guided by g_{n-1} (Eq. 11), fine-tune g_n (Eq. 12).
+
+    Resumable: run it again after an interruption. Under `torchrun --nproc_per_node K -m dasgen translate ...`
+    the images are sharded across ranks and the artifact is the same as with one process.
+    """
+    from dasgen.stages.distributed import init_distributed, shutdown_distributed
+    from dasgen.stages.domain import run_domain
+    from dasgen.stages.pipeline import parse_domain_range
+
+    config = State.config()
+    if (domain is None) == (domains is None):
+        raise DasgenError("translate: give exactly one of --domain N or --domains FIRST-LAST")
+    selected = parse_domain_range(str(domain) if domain is not None else domains, config.ptl.N)
+    ctx = init_distributed()
+    try:
+        for n in selected:
+            run_domain(config, State.ws(), n, ctx=ctx, console=err)
+    finally:
+        shutdown_distributed(ctx)
+
+
+@app.command()
+@handles_errors
+def summarize() -> None:
+    """Gather per-domain metrics into metrics/ptl.csv (DVC plots) and metrics/summary.json."""
+    from dasgen.stages.summary import format_summary, run_summary
+
+    out.print(format_summary(run_summary(State.config(), State.ws())))
+
+
+@app.command()
+@handles_errors
+def export(
+    fmt: Annotated[Optional[str], typer.Option("--format", help="cityscapes | parquet | hdf5 (default: export.format)")]
+    = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: export.out).")] = None,
+    domain: Annotated[Optional[int], typer.Option("--domain", "-n", help="Domain to export (default: N).")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="translation | source resolution.")] = None,
+    min_consistency: Annotated[Optional[float], typer.Option("--min-consistency",
+                                                             help="Leave out images scoring below this.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """Write a translated domain as a dataset (Cityscapes layout, HF Parquet or HDF5) with card and manifest."""
+    from dasgen.stages.export import run_export
+
+    if fmt is not None and fmt not in ("cityscapes", "parquet", "hdf5"):
+        raise DasgenError(f"--format {fmt!r}: expected cityscapes, parquet or hdf5")
+    if size is not None and size not in ("translation", "source"):
+        raise DasgenError(f"--size {size!r}: expected translation or source")
+    summary = run_export(State.config(), State.ws(), fmt=fmt, out=out_dir, domain=domain, size=size,
+                         min_consistency=min_consistency, force=force)
+    err.print(f"export written: {json.dumps(summary, default=str)}")
+
+
+@app.command()
+@handles_errors
+def verify(path: Annotated[Path, typer.Argument(help="An export (manifest.json) or a domain artifact.")]) -> None:
+    """Re-hash an export or domain artifact; report missing, extra and altered files. Exit 0 only if all match."""
+    from dasgen.store.verify import verify as verify_path
+
+    report = verify_path(path)
+    if not report.ok:
+        out.print(report.summary(), highlight=False)
+        err.print(f"[bold red]verify failed:[/] {path}: {len(report.missing)} missing, {len(report.extra)} extra, "
+                  f"{len(report.altered)} altered, {len(report.invalid)} invalid", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"verified: {path} ({report.checked} files match)")
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A segmenter checkpoint (.safetensors with .json sidecar).")],
+    kind: Annotated[Optional[str], typer.Option("--kind", help="Labelled set kind (default: params' target).")] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Labelled set root (default: params' target).")]
+    = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split (default: data.target_val_split).")] = None,
+    protocol: Annotated[Optional[int], typer.Option("--protocol", help="19, 16 or 13 classes.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score a segmenter (g_0 .. g_N) on a labelled target set: per-class IoU and mIoU (the paper's measure)."""
+    from dasgen.stages.evaluate import run_evaluate
+
+    config = State.config()
+    if protocol is not None and protocol not in (19, 16, 13):
+        raise DasgenError(f"--protocol {protocol}: expected 19, 16 or 13")
+    result = run_evaluate(config, checkpoint, kind=kind, root=root, split=split, protocol=protocol)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{checkpoint} on {result['dataset']} ({result['protocol']}-class protocol)")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, iou in result["per_class"].items():
+        table.add_row(name, "-" if iou is None else f"{100 * iou:.1f}")
+    table.add_row("[bold]mIoU[/]", f"[bold]{100 * result['miou']:.1f}[/]")
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def plan(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Print the PTL schedule (domains, noise levels, steps, images) and its cost before anything runs."""
+    from dasgen.stages.plan_report import plan_report, render_plan
+
+    report = plan_report(State.config(), State.ws())
+    if as_json:
+        print(json.dumps(report))
+    else:
+        out.print(render_plan(report))
+
+
+@app.command()
+@handles_errors
+def pipeline(
+    write: Annotated[bool, typer.Option("--write", help="Regenerate dvc.yaml from params.yaml.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Fail if dvc.yaml is out of date.")] = False,
+    path: Annotated[Path, typer.Option("--path", help="The dvc.yaml to write or check.")] = Path("dvc.yaml"),
+) -> None:
+    """Generate (or check) dvc.yaml: one stage per group of PTL domains, chained g_{n-1} -> g_n."""
+    from dasgen.stages.pipeline import check_pipeline, render_pipeline, write_pipeline
+
+    config = State.config()
+    if write:
+        changed = write_pipeline(config, path)
+        err.print(f"{path}: {'written' if changed else 'already up to date'}")
+    elif check:
+        check_pipeline(config, path)
+        err.print(f"{path}: up to date")
+    else:
+        sys.stdout.write(render_pipeline(config))

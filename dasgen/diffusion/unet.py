@@ -1,0 +1,162 @@
+"""The denoiser eps_theta (paper Sec. 3, Eq. 4): a diffusers ``UNet2DModel``, its factory and its checkpoint I/O.
+
+The model is saved in the diffusers ``save_pretrained`` layout (``config.json`` +
+``diffusion_pytorch_model.safetensors``), so a user can bring any pretrained unconditional diffusers DDPM UNet instead
+of training one. Loading never uses pickle and never reaches the Hugging Face Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from diffusers import UNet2DModel
+
+from dasgen.errors import CheckpointError
+from dasgen.store.atomic import sha256_file
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def build_unet(
+    *,
+    sample_size: tuple[int, int],
+    block_out_channels: Sequence[int] = (32, 64, 64),  # small enough for ~0.1 s per batch-8 train step at 32x64 on CPU
+    layers_per_block: int = 1,  # one ResNet block per level: the toy needs width more than depth
+    attention_levels: Sequence[bool] = (False, False, True),  # attention only at the coarsest level, as DDPM (16x16)
+    norm_num_groups: int = 8,  # 32 groups (DDPM) would not divide 32 channels into useful groups
+    dropout: float = 0.0,  # DDPM used 0.1 on CIFAR-10; off so toy runs converge fast and stay deterministic
+) -> UNet2DModel:
+    """A DDPM-style UNet (ResNet blocks, sinusoidal time embedding, attention at chosen levels) predicting eps.
+
+    ``sample_size`` is (H, W); rectangles are fine. Each level but the last halves the resolution, so H and W must be
+    divisible by ``2 ** (len(block_out_channels) - 1)``.
+    """
+    if len(attention_levels) != len(block_out_channels):
+        raise ValueError(
+            f"attention_levels has {len(attention_levels)} entries, block_out_channels {len(block_out_channels)}"
+        )
+    height, width = (int(s) for s in sample_size)
+    factor = 2 ** (len(block_out_channels) - 1)
+    if height % factor or width % factor:
+        levels = len(block_out_channels)
+        raise ValueError(f"sample_size {height}x{width} must be divisible by {factor} for {levels} levels")
+    down = tuple("AttnDownBlock2D" if attn else "DownBlock2D" for attn in attention_levels)
+    up = tuple("AttnUpBlock2D" if attn else "UpBlock2D" for attn in reversed(attention_levels))
+    return UNet2DModel(
+        sample_size=(height, width),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(int(c) for c in block_out_channels),
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        dropout=dropout,
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename inside it survives a crash (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_denoiser(unet: UNet2DModel, directory: Path) -> str:
+    """Write ``unet`` to ``directory`` in the diffusers layout, atomically; return the weights file's sha256.
+
+    The model is written into a temporary sibling directory, fsynced, then renamed over ``directory`` (an existing
+    one is moved aside first and deleted afterwards), so readers see either the old or the new model, never half.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        unet.save_pretrained(staging, safe_serialization=True)
+        for name in os.listdir(staging):
+            with open(staging / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        digest = sha256_file(staging / WEIGHTS_NAME)
+        old = None
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.replace(directory, old / "model")
+        os.replace(staging, directory)
+        _fsync_dir(directory.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return digest
+
+
+def _model_dir(directory: Path) -> Path:
+    """The folder holding the UNet: ``directory`` itself, or its ``unet/`` subfolder for a whole diffusers pipeline."""
+    if (directory / CONFIG_NAME).is_file():
+        return directory
+    if (directory / "unet" / CONFIG_NAME).is_file():
+        return directory / "unet"
+    raise CheckpointError(f"{directory}: no diffusers {CONFIG_NAME} (expected a UNet2DModel from save_pretrained)")
+
+
+def load_denoiser(directory: Path, *, device: str | torch.device = "cpu") -> UNet2DModel:
+    """Load an unconditional diffusers ``UNet2DModel`` from disk (safetensors only, no Hub access), in eval mode.
+
+    Accepts a model folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) or a pipeline folder with a
+    ``unet/`` subfolder. Raises ``CheckpointError`` naming the path for a missing folder or file, a pickle-only
+    checkpoint, a config of another class, or a class-conditional UNet.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: denoiser directory does not exist")
+    model_dir = _model_dir(directory)
+    config_path = model_dir / CONFIG_NAME
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{config_path}: unreadable diffusers config ({error})") from error
+    if not isinstance(config, dict) or config.get("_class_name") != "UNet2DModel":
+        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{config_path}: _class_name is {found!r}, expected 'UNet2DModel'")
+    if config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None:
+        raise CheckpointError(f"{config_path}: class-conditional UNet2DModel; dasgen needs an unconditional denoiser")
+    if config.get("in_channels", 3) != 3 or config.get("out_channels", 3) not in (3, 6):
+        raise CheckpointError(f"{config_path}: in_channels/out_channels must be 3 / 3 (or 6 with learned variance)")
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        pickled = model_dir / "diffusion_pytorch_model.bin"
+        hint = " (only a pickle .bin exists; convert it to safetensors, dasgen never loads pickle)"
+        hint = hint if pickled.exists() else ""
+        raise CheckpointError(f"{weights}: weights file missing{hint}")
+    try:
+        unet = UNet2DModel.from_pretrained(model_dir, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{model_dir}: cannot load UNet2DModel ({error})") from error
+    return unet.to(device).eval()
+
+
+def make_eps_fn(unet: UNet2DModel) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """eps_theta(x_t, t) as a plain function: x (B, 3, H, W) in [-1, 1], t (B,) int64 original timesteps -> eps.
+
+    A learned-variance UNet (6 output channels, as in improved DDPM) returns eps in its first 3 channels; the
+    variance half is dropped because the paper fixes Sigma = beta_t.
+    """
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = unet(x, t).sample  # (B, 3 or 6, H, W)
+        return out[:, :3]
+
+    return eps_fn

@@ -1,0 +1,119 @@
+"""The (guided) translation phi^n (paper Sec. 4.1, Fig. 2; guidance Sec. 4.2, Eqs. 7-8).
+
+Noise the source image to the last position of the chain with ``q_sample`` (Eq. 2), then run the reverse chain back
+to position 0 with the target-domain denoiser (Eq. 4 mean, Eq. 3 sampling). With guidance, the mean of reverse step i
+is shifted by the module ``plan[i]`` (LCG or GSG) before sampling (Eqs. 7-8):
+
+    mu_hat = mu - lambda * Sigma * grad_x CE,   Sigma = beta_t (Sec. 5.1),   x_{t-1} = mu_hat + sqrt(Sigma) z.
+
+The chain is whatever ``NoiseSchedule`` the caller built: ``NoiseSchedule.linear(T).truncated(n)`` for the paper's
+phi^n, or a respaced one (a named deviation). The denoiser and segmenter are injected callables; nothing here imports
+a model.
+
+Randomness: every draw for image b comes from ``generators[b]`` (a CPU generator), in a fixed order: the ``q_sample``
+draw, then one draw per reverse step that adds noise. So an image's result is the same alone or inside any batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from dasgen.diffusion.schedule import NoiseSchedule
+from dasgen.guidance.arrangement import GSG, LCG
+from dasgen.guidance.sgg import Segmenter, class_regions, gsg_gradient, lcg_gradient
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,3,H,W), timesteps (B,)) -> eps (B,3,H,W)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """SGG settings for one translation: the segmenter g_n, the per-step plan, and lambda (Eq. 7)."""
+
+    segmenter: Segmenter  # x in [-1, 1] (B, 3, H, W) -> logits (B, C, H, W); must treat images independently
+    plan: Sequence[str | None]  # plan[i] = module at reverse step i (see arrangement.guidance_plan)
+    scale: float = 80.0  # lambda (Sec. 5.1: lambda = 80)
+    max_copies_per_pass: int = 64  # LCG masked copies per segmenter pass: bounds memory, not the result
+
+    def __post_init__(self) -> None:
+        plan = tuple(self.plan)
+        unknown = sorted({str(m) for m in plan if m not in (LCG, GSG, None)})
+        if unknown:
+            raise ValueError(f"Guidance.plan entries must be 'lcg', 'gsg' or None, got {unknown}")
+        object.__setattr__(self, "plan", plan)
+
+
+def _draw_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """One standard-normal draw per image from its own CPU generator, stacked (B, *shape) on ``like``'s device."""
+    noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])  # (B, C, H, W)
+    if like.device.type == "cuda":
+        # Pinned staging + non_blocking: the copy is queued without a host/device sync in the loop.
+        return noise.pin_memory().to(like.device, dtype=like.dtype, non_blocking=True)
+    return noise.to(like.device, dtype=like.dtype)
+
+
+def _schedule_on(schedule: NoiseSchedule, device: torch.device) -> NoiseSchedule:
+    """The schedule's tables on ``device``, so per-step coefficients are device indexing, not host-to-device copies."""
+    if device.type in ("cpu", "mps"):  # MPS has no float64: keep the tables on the host there
+        return schedule
+    return NoiseSchedule(betas=schedule.betas.to(device), model_timesteps=schedule.model_timesteps.to(device))
+
+
+def translate(
+    x0: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    generators: Sequence[torch.Generator],
+    guidance: Guidance | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """phi^n(x0) over ``schedule`` (n = len(schedule)), guided by ``guidance`` if given; returns (B, 3, H, W).
+
+    ``x0`` (B, 3, H, W) in [-1, 1]; ``labels`` (B, H, W) int64 trainIds, 255 = ignore (needed only with guidance);
+    ``generators`` one CPU generator per image; ``on_step(i)`` is called after reverse step i (for progress bars).
+    ``len(schedule) == 0`` is phi^0, the identity. The output is not clamped (the caller quantises with to_uint8).
+    """
+    n_steps = len(schedule)
+    batch = x0.shape[0]
+    if x0.ndim != 4:
+        raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
+    if len(generators) != batch:
+        raise ValueError(f"need one generator per image: {len(generators)} generators for {batch} images")
+    if n_steps == 0:
+        return x0.clone()
+    guided = guidance is not None and any(module is not None for module in guidance.plan)
+    if guidance is not None:
+        if len(guidance.plan) != n_steps:
+            raise ValueError(f"guidance plan has {len(guidance.plan)} entries for a chain of {n_steps} reverse steps")
+        if guided and (labels is None or labels.shape != (batch, *x0.shape[-2:])):
+            raise ValueError(f"guidance needs labels of shape {(batch, *x0.shape[-2:])}, got "
+                             f"{None if labels is None else tuple(labels.shape)}")
+    schedule = _schedule_on(schedule, x0.device)
+    if guided:
+        labels = labels.to(x0.device, torch.int64)
+        regions = class_regions(labels) if LCG in guidance.plan else None  # once: labels do not change
+
+    image_shape = tuple(x0.shape[1:])
+    x = schedule.q_sample(x0, n_steps - 1, _draw_noise(generators, image_shape, x0))  # Eq. 2: x_n
+    for step, position in enumerate(range(n_steps - 1, -1, -1)):
+        timesteps = schedule.timestep_for_model(position, batch, x.device)  # (B,) original timestep index
+        with torch.inference_mode():
+            eps = denoiser(x, timesteps)  # (B, 3, H, W) eps_theta(x_k, k)
+        mean = schedule.p_mean(x, position, eps)  # Eq. 4: mu_theta(x_k, k)
+        module = guidance.plan[step] if guidance is not None else None
+        if module is not None:
+            if module == LCG:  # Eqs. 6-9
+                grad = lcg_gradient(guidance.segmenter, x, labels, regions=regions,
+                                    max_copies_per_pass=guidance.max_copies_per_pass)
+            else:  # Eq. 10
+                grad = gsg_gradient(guidance.segmenter, x, labels)
+            mean = mean - guidance.scale * schedule.sigma(position, mean) * grad  # Eq. 7, descending the CE
+        noise = _draw_noise(generators, image_shape, x) if position > 0 else None  # no noise at the last step
+        x = schedule.p_sample(mean, position, noise)  # Eqs. 3 / 8
+        if on_step is not None:
+            on_step(step)
+    return x

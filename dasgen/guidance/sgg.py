@@ -1,0 +1,130 @@
+"""Semantic Gradient Guidance gradients (paper Sec. 4.2): LCG (Eqs. 6-9) and GSG (Eq. 10).
+
+Each function returns the gradient that shifts the reverse-step mean, ``mu_hat = mu - lambda * Sigma * grad``
+(Eq. 7 read as a step that *decreases* the cross-entropy, as in classifier guidance towards the label). The segmenter
+is injected, the way guided-diffusion's sampler receives ``cond_fn``: any callable ``segmenter(x) -> logits
+(B, C, H, W)`` that takes ``x`` in [-1, 1] and does its own normalisation/resizing in torch. It must treat images
+independently (e.g. BatchNorm in eval mode) so that guidance is batch-invariant.
+
+Loss normalisation (the paper does not say; it fixes what lambda = 80 means):
+- LCG: cross-entropy *mean over the class region's pixels*, one loss per (image, class) copy.
+- GSG: cross-entropy *mean over the image's non-ignore pixels*, one loss per image.
+Losses of different copies/images are summed before ``autograd.grad``; since each loss depends on one image only,
+the summed gradient at image b is exactly that image's own gradient.
+
+LCG batching: the class masks m_c partition the labelled pixels and all classes share one noise draw, so Eq. 9's
+``sum_c m_c * x_{k-1,c}`` equals ``mu - lambda * Sigma * sum_c m_c * grad_c + sqrt(Sigma) z`` on labelled pixels
+(``grad_c`` is already zero outside m_c because it flows through ``x * m_c``). Every (image, class) pair therefore
+goes through the segmenter as one batch of masked copies (chunked to ``max_copies_per_pass``), and
+:func:`lcg_gradient` returns ``sum_c grad_c``. Pixels labelled ignore (255) belong to no m_c and get zero guidance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255  # trainId "ignore" (docs/CONVENTIONS.md)
+
+Segmenter = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClassRegions:
+    """The LCG copies of a label batch: copy k is class ``class_id[k]`` of image ``image_index[k]`` (Eq. 6's m_c).
+
+    Labels do not change during a translation, so the sampler builds this once (it needs one host sync, for
+    ``torch.unique``) and reuses it at every LCG step.
+    """
+
+    image_index: torch.Tensor  # (K,) int64, on the labels' device
+    class_id: torch.Tensor  # (K,) int64, on the labels' device
+
+    def __len__(self) -> int:
+        return int(self.image_index.shape[0])
+
+
+def class_regions(labels: torch.Tensor) -> ClassRegions:
+    """All (image, class) pairs present in ``labels`` (B, H, W) int64, ignore (255) excluded, sorted by image then class."""
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (B, H, W), got shape {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > IGNORE_INDEX):
+        raise ValueError(f"labels must lie in [0, {IGNORE_INDEX}] (trainIds, 255 = ignore)")
+    offsets = torch.arange(labels.shape[0], device=labels.device).view(-1, 1, 1) * (IGNORE_INDEX + 1)
+    keys = torch.unique(labels.long() + offsets)  # (K',) sorted: image-major, class-minor
+    keys = keys[keys % (IGNORE_INDEX + 1) != IGNORE_INDEX]  # (K,)
+    return ClassRegions(image_index=keys // (IGNORE_INDEX + 1), class_id=keys % (IGNORE_INDEX + 1))
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal copy of an inference tensor (autograd cannot save those), else the tensor itself."""
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
+def _check_logits(logits: torch.Tensor, like: torch.Tensor) -> None:
+    if logits.ndim != 4 or logits.shape[0] != like.shape[0] or logits.shape[-2:] != like.shape[-2:]:
+        raise ValueError(
+            f"segmenter must return logits (B, C, H, W) = ({like.shape[0]}, C, {like.shape[-2]}, {like.shape[-1]}), "
+            f"got {tuple(logits.shape)}"
+        )
+
+
+def lcg_gradient(
+    segmenter: Segmenter,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    max_copies_per_pass: int = 64,
+    regions: ClassRegions | None = None,
+) -> torch.Tensor:
+    """LCG (Eqs. 6-9): ``sum_c m_c * grad_{x} L_local(x, y, c)``, shape of ``x`` (B, 3, H, W).
+
+    ``L_local`` (Eq. 6) is the cross-entropy of ``segmenter(x * m_c)`` against ``y`` on m_c (ignore elsewhere),
+    averaged over m_c's pixels. All copies of all images are run as batches of at most ``max_copies_per_pass``.
+    ``regions`` (from :func:`class_regions`) may be passed to skip recomputing the class list.
+    """
+    if max_copies_per_pass < 1:
+        raise ValueError(f"max_copies_per_pass must be >= 1, got {max_copies_per_pass}")
+    if regions is None:
+        regions = class_regions(labels)
+    # Autograd on even if the caller runs under no_grad/inference_mode; a fresh leaf because x may be an inference
+    # tensor (from the denoiser's inference_mode), which cannot require grad.
+    with torch.inference_mode(False), torch.enable_grad():
+        x_leaf = x.detach().clone().requires_grad_(True)
+        labels, all_images, all_classes = _plain(labels), _plain(regions.image_index), _plain(regions.class_id)
+        grad = torch.zeros_like(x_leaf)
+        for start in range(0, len(regions), max_copies_per_pass):
+            image_index = all_images[start : start + max_copies_per_pass]  # (k,)
+            class_id = all_classes[start : start + max_copies_per_pass]  # (k,)
+            label_copies = labels[image_index]  # (k, H, W)
+            mask = label_copies == class_id.view(-1, 1, 1)  # (k, H, W) m_c
+            target = torch.where(mask, label_copies, IGNORE_INDEX)  # (k, H, W) y * m_c, ignore elsewhere
+            masked = x_leaf[image_index] * mask.unsqueeze(1).to(x_leaf.dtype)  # (k, 3, H, W) Eq. 6: x * m_c
+            logits = segmenter(masked)  # (k, C, H, W)
+            _check_logits(logits, masked)
+            ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")  # (k, H, W)
+            loss_per_copy = ce.sum(dim=(1, 2)) / mask.sum(dim=(1, 2))  # (k,) mean over the class region
+            # Sum over copies: each copy's loss depends on its own image only, so grads add up per Eq. 9.
+            (chunk_grad,) = torch.autograd.grad(loss_per_copy.sum(), x_leaf)
+            grad += chunk_grad
+    return grad
+
+
+def gsg_gradient(segmenter: Segmenter, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """GSG (Eq. 10): ``grad_x L_global(x, y)``, the whole-image cross-entropy averaged over non-ignore pixels.
+
+    Images whose label is all ignore get a zero gradient.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        x_leaf = x.detach().clone().requires_grad_(True)
+        labels = _plain(labels)
+        logits = segmenter(x_leaf)  # (B, C, H, W)
+        _check_logits(logits, x_leaf)
+        ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")  # (B, H, W)
+        valid = (labels != IGNORE_INDEX).sum(dim=(1, 2)).clamp_min(1)  # (B,)
+        loss_per_image = ce.sum(dim=(1, 2)) / valid  # (B,)
+        (grad,) = torch.autograd.grad(loss_per_image.sum(), x_leaf)
+    return grad

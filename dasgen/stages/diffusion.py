@@ -1,0 +1,71 @@
+"""Stage ``train-diffusion``: the unconditional target DDPM (Sec. 4.4 "Training", Eq. 5).
+
+Trains on the unlabelled target train images at the translation resolution, resumably (a killed run continues from its
+last checkpoint), and saves the model in the diffusers layout. With ``diffusion.pretrained`` set, a user's own
+diffusers UNet2DModel is checked and copied instead of training one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from dasgen.config import Config
+from dasgen.datasets.pairs import PairStore
+from dasgen.diffusion.train import train_ddpm
+from dasgen.diffusion.unet import build_unet, load_denoiser, save_denoiser
+from dasgen.stages.common import base_schedule, resolve_device, target_reader, write_json
+from dasgen.stages.workspace import Workspace
+
+
+def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
+                        console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    d = config.diffusion
+    device = resolve_device(config.run.device)
+    started = time.time()
+    if d.pretrained:
+        unet = load_denoiser(ws.root / d.pretrained, device="cpu")
+        sha = save_denoiser(unet, ws.diffusion_model)
+        metrics = {"pretrained": d.pretrained, "model_sha256": sha}
+        write_json(ws.metrics / "diffusion.json", metrics)
+        return metrics
+
+    reader = target_reader(config, config.data.target_train_split, labelled=False, root=ws.root)
+    entries = reader.entries()
+    store = PairStore(reader, entries, config.data.resolution)
+    console.print(f"diffusion: {len(entries)} target images at {tuple(config.data.resolution)}, "
+                  f"{d.train.steps} steps on {device}")
+    pair_sampler = store.sampler(d.train.batch_size, hflip=d.train.hflip)
+
+    def sample_batch(generator, batch_size):
+        images, _ = pair_sampler(generator)
+        return images[:batch_size].to(device)
+
+    unet = build_unet(sample_size=tuple(config.data.resolution), block_out_channels=d.unet.block_out_channels,
+                      layers_per_block=d.unet.layers_per_block, attention_levels=d.unet.attention_levels,
+                      norm_num_groups=d.unet.norm_num_groups, dropout=d.unet.dropout).to(device)
+    log_path = ws.diffusion_state / "loss.csv"
+    result = train_ddpm(unet, sample_batch, base_schedule(config), steps=d.train.steps,
+                        batch_size=d.train.batch_size, lr=d.train.lr, adam_betas=tuple(d.train.adam_betas),
+                        ema_decay=d.train.ema_decay, seed=config.run.seed, work_dir=ws.diffusion_state,
+                        checkpoint_every=d.train.checkpoint_every, log_path=log_path, progress=progress)
+    sha = save_denoiser(result.model, ws.diffusion_model)
+    ws.metrics.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log_path, ws.metrics / "diffusion_loss.csv")
+    losses = list(result.losses)
+    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    metrics = {
+        "steps": result.steps_done,
+        "final_loss": float(sum(tail) / len(tail)) if tail else None,
+        "resumed_from": result.resumed_from,
+        "model_sha256": sha,
+        "wall_s": round(time.time() - started, 1),
+    }
+    write_json(ws.metrics / "diffusion.json", metrics)
+    shutil.rmtree(ws.diffusion_state, ignore_errors=True)
+    console.print(f"diffusion: done, final loss {metrics['final_loss']}")
+    return metrics

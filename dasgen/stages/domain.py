@@ -1,0 +1,260 @@
+"""Stage ``translate --domain n``: one Progressive Translation Learning domain (Sec. 4.3, Eqs. 11-12).
+
+    X^n = SGG(phi^{t_n}(X^S), g_{n-1})                                   (Eq. 11)
+    g_n = fine-tune g_{n-1} on L_ft = L_ce(g(X^n), Y^S) + L_ce(g(X^S), Y^S)  (Eq. 12)
+
+Intermediate domains translate a seeded sample of ``ptl.images_per_domain`` source images; the last domain N
+translates every usable source image -- the dataset users export. The stage is resumable and shardable:
+
+* images are translated in fixed batches of the sorted id list, so an image's computation never depends on which
+  other images are pending, on a resume, or on the number of ranks;
+* every finished image is written atomically and journalled; a re-run skips finished batches;
+* with torchrun, batch b goes to rank b % K and rank 0 merges the journals, fine-tunes g_n and finalises;
+* a fingerprint of everything the images depend on guards against resuming a run made with other params.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+import dasgen
+from dasgen.config import Config, domain_noise_levels
+from dasgen.datasets.io import to_model_tensor, to_uint8
+from dasgen.datasets.pairs import PairStore
+from dasgen.diffusion.unet import load_denoiser, make_eps_fn
+from dasgen.errors import DasgenError
+from dasgen.guidance.arrangement import guidance_plan
+from dasgen.guidance.sampler import Guidance, translate
+from dasgen.seeding import image_generator, image_seed
+from dasgen.segment.checkpoint import load_segmenter, save_segmenter
+from dasgen.segment.metrics import ConfusionMatrix
+from dasgen.segment.train import finetune
+from dasgen.stages.common import domain_chain, load_source_pairs, resolve_device, source_reader, write_json
+from dasgen.stages.distributed import DistContext
+from dasgen.stages.g0 import augment_settings
+from dasgen.stages.segmenters import score_on_target, target_val_store
+from dasgen.stages.workspace import Workspace
+from dasgen.store.atomic import sha256_file
+from dasgen.store.domain import DomainWriter, ImageRecord
+
+FINGERPRINT_FILE = ".fingerprint.json"
+
+
+@dataclass(frozen=True)
+class DomainPlan:
+    """What domain n translates: its noise level, its reverse chain length and its image ids (sorted)."""
+
+    n: int
+    t: int
+    steps: int
+    ids: list[str]
+
+
+def domain_ids(config: Config, n: int, all_ids: list[str]) -> list[str]:
+    """Every id for the last domain; a seeded sample of ``ptl.images_per_domain`` ids for the others."""
+    if n == config.ptl.N or config.ptl.images_per_domain >= len(all_ids):
+        return sorted(all_ids)
+    rng = np.random.default_rng(image_seed(config.run.seed, n, "domain-sample"))
+    picks = rng.choice(len(all_ids), size=config.ptl.images_per_domain, replace=False)
+    return sorted(all_ids[i] for i in picks)
+
+
+def plan_domain(config: Config, n: int, all_ids: list[str]) -> DomainPlan:
+    if not 1 <= n <= config.ptl.N:
+        raise DasgenError(f"--domain {n}: must be between 1 and ptl.N = {config.ptl.N}")
+    return DomainPlan(n=n, t=domain_noise_levels(config.ptl)[n - 1], steps=len(domain_chain(config, n)),
+                      ids=domain_ids(config, n, all_ids))
+
+
+def image_consistency(pred: torch.Tensor, label: torch.Tensor) -> float:
+    """Label consistency of one translated image: mIoU of g's prediction against the source label.
+
+    Averaged over the classes present in the label or the prediction (ignore pixels excluded); 1.0 = perfect.
+    """
+    matrix = ConfusionMatrix(num_classes=19)
+    matrix.update(pred[None], label[None])
+    ious = matrix.iou_per_class()
+    present = [v for v in ious.tolist() if v == v]  # NaN for classes absent from both
+    return float(sum(present) / len(present)) if present else 1.0
+
+
+def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
+    """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh."""
+    ptl = config.to_dict()["ptl"]
+    for key in ("translate_batch_size", "domains_per_stage"):
+        ptl.pop(key)
+    d = config.to_dict()
+    return {
+        "n": n,
+        "params": {"ptl": ptl, "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
+                   "source": d["data"]["source"],
+                   "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
+        "diffusion_sha256": sha256_file(ws.diffusion_model / "diffusion_pytorch_model.safetensors"),
+        "segmenter_in_sha256": sha256_file(ws.segmenter_path(n - 1, config.ptl.N)),
+    }
+
+
+def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: Console) -> bool:
+    """Returns True when the domain is already complete with this fingerprint; clears a stale partial run."""
+    marker = out / FINGERPRINT_FILE
+    if marker.is_file() and json.loads(marker.read_text()) == fingerprint:
+        return (out / "index.parquet").is_file() and (out / "metrics.json").is_file()
+    if ctx.is_main:
+        if out.exists():
+            console.print(f"[yellow]{out}: made with other params or inputs; starting this domain afresh[/]")
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        write_json(marker, fingerprint)
+    ctx.barrier()
+    return False
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled)
+
+
+def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
+                     ctx: DistContext, device: torch.device, console: Console, progress: bool) -> int:
+    """Translate this rank's pending batches of ``plan.ids`` into ``writer``; returns the number of images written."""
+    unet = load_denoiser(ws.diffusion_model, device=device)
+    eps_fn = make_eps_fn(unet)
+    g_prev = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
+                            expect_arch=config.segmenter.arch, expect_classes=19)
+    g_prev.eval().requires_grad_(False)
+    chain = domain_chain(config, plan.n)
+    guidance = None
+    if config.ptl.guided and config.sgg.arrangement != "none":
+        steps_plan = guidance_plan(config.sgg.arrangement, len(chain), image_seed(config.run.seed, plan.n, "plan"))
+        guidance = Guidance(segmenter=g_prev, scale=config.sgg.lambda_, plan=steps_plan,
+                            max_copies_per_pass=config.sgg.max_copies_per_pass)
+    done = writer.done_ids()
+    size = config.ptl.translate_batch_size
+    batches = [plan.ids[i:i + size] for i in range(0, len(plan.ids), size)]
+    mine = [b for k, b in enumerate(batches) if k % ctx.world_size == ctx.rank and not set(b) <= done]
+    todo = sum(len(b) for b in mine)
+    written, started = 0, time.time()
+    with _progress(console, progress and ctx.is_main) as bar:
+        task = bar.add_task(f"domain {plan.n} (t={plan.t}, {plan.steps} steps)", total=todo, rate="")
+        for batch in mine:
+            x0, labels = store.batch(batch)
+            generators = [image_generator(config.run.seed, plan.n, i) for i in batch]
+            out = translate(x0.to(device), labels.to(device), denoiser=eps_fn, schedule=chain,
+                            generators=generators, guidance=guidance)
+            images = [to_uint8(img) for img in out]
+            with torch.inference_mode():
+                quantised = torch.stack([to_model_tensor(img) for img in images]).to(device)
+                preds = g_prev(quantised).argmax(1).cpu()
+            for k, image_id in enumerate(batch):
+                if image_id in done:
+                    continue
+                pair = store.get(image_id)
+                writer.add(ImageRecord(id=image_id, source_image=pair.entry.image, source_label=pair.entry.label,
+                                       split=pair.entry.split, domain=plan.n, t=plan.t,
+                                       seed=image_seed(config.run.seed, plan.n, image_id),
+                                       height=images[k].shape[0], width=images[k].shape[1],
+                                       consistency=image_consistency(preds[k], labels[k])), images[k])
+                written += 1
+            rate = written / max(time.time() - started, 1e-9)
+            bar.update(task, advance=len(batch), rate=f"{rate:.2f} img/s")
+    return written
+
+
+def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
+                       device: torch.device, progress: bool):
+    """Eq. 12: g_{n-1} -> g_n on (X^n, Y^S) plus (X^S, Y^S) unless ``ptl.finetune.use_src_loss`` is false."""
+    ft = config.ptl.finetune
+    model = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
+                           expect_arch=config.segmenter.arch, expect_classes=19)
+    translated = {image_id: writer.read_image(image_id) for image_id in plan.ids}
+    source_sampler = store.sampler(ft.batch_size)
+
+    def sample_adapted(generator):
+        picks = torch.randint(len(plan.ids), (ft.batch_size,), generator=generator).tolist()
+        ids = [plan.ids[i] for i in picks]
+        x = torch.stack([to_model_tensor(translated[i]) for i in ids])
+        _, y = store.batch(ids)
+        flip = torch.rand(ft.batch_size, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = torch.where(flip[:, None, None], y.flip(-1), y)
+        return x.to(device), y.to(device)
+
+    def sample_source(generator):
+        x, y = source_sampler(generator)
+        return x.to(device), y.to(device)
+
+    generator = torch.Generator().manual_seed(image_seed(config.run.seed, plan.n, "finetune"))
+    losses = finetune(model, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters, lr=ft.lr,
+                      momentum=ft.momentum, optimizer=ft.optimizer, augment=augment_settings(config, ft.aug_fraction),
+                      generator=generator, progress=progress)
+    model.eval()
+    return model, losses
+
+
+def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = DistContext(), progress: bool = True,
+               console: Console | None = None) -> dict:
+    """Translate domain n, fine-tune g_n and write the domain artifact. Returns the domain's metrics."""
+    console = console or Console(stderr=True)
+    started = time.time()
+    device = resolve_device(config.run.device)
+    if ctx.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    entries, source_record = load_source_pairs(ws)
+    plan = plan_domain(config, n, [e.id for e in entries])
+    out = ws.domain_dir(n, config.ptl.N)
+    fingerprint = domain_fingerprint(config, n, ws)
+    if _prepare_directory(out, fingerprint, ctx, console):
+        console.print(f"domain {n}: already complete, nothing to do")
+        return json.loads((out / "metrics.json").read_text())
+    store = PairStore(source_reader(config, ws.root), entries, config.data.resolution)
+    writer = DomainWriter(out, image_format=config.ptl.image_format, rank=ctx.rank, world_size=ctx.world_size)
+    written = translate_images(config, ws, plan, store, writer, ctx, device, console, progress)
+    writer.close()
+    ctx.barrier()
+    if not ctx.is_main:
+        return {}
+    translate_s = time.time() - started
+    writer = DomainWriter(out, image_format=config.ptl.image_format, rank=0, world_size=ctx.world_size)
+    model, losses = finetune_segmenter(config, ws, plan, store, writer, device, progress)
+    sha_out = save_segmenter(model, out / "segmenter.safetensors", meta={"domain": n, "t": plan.t})
+    target = score_on_target(model, config, device, target_val_store(config, ws.root))
+    consistencies = writer.consistencies()
+    metrics = {
+        "domain": n,
+        "t": plan.t,
+        "reverse_steps": plan.steps,
+        "images": len(plan.ids),
+        "images_translated_this_run": written,
+        "consistency": float(np.mean(consistencies)) if consistencies else None,
+        "target_miou": None if target is None else target["miou"],
+        "target_per_class": None if target is None else target["per_class"],
+        "finetune_final_loss": losses.get("final_loss") if isinstance(losses, dict) else None,
+        "translate_s": round(translate_s, 1),
+        "wall_s": round(time.time() - started, 1),
+    }
+    provenance = {
+        "dasgen_version": dasgen.__version__,
+        "params": config.to_dict(),
+        "params_sha256": config.sha256(),
+        "diffusion_sha256": fingerprint["diffusion_sha256"],
+        "segmenter_in_sha256": fingerprint["segmenter_in_sha256"],
+        "segmenter_out_sha256": sha_out,
+        "source": {k: source_record[k] for k in ("kind", "root", "split")}
+        | {"pairs_used": len(plan.ids), "pairs_usable": len(entries), "skipped": source_record["skipped"]},
+    }
+    writer.finalize(metrics=metrics, provenance=provenance)
+    write_json(ws.domain_metrics(n, config.ptl.N), {k: v for k, v in metrics.items() if k != "target_per_class"})
+    console.print(f"domain {n}/{config.ptl.N}: t={plan.t}, {len(plan.ids)} images, consistency "
+                  f"{metrics['consistency']:.3f}, g_{n} target mIoU "
+                  f"{'n/a' if target is None else format(target['miou'], '.3f')}, {metrics['wall_s']} s")
+    return metrics

@@ -1,0 +1,60 @@
+"""Stage ``train-g0``: the source segmenter g_0 (Sec. 4.4), with the noisy+masked augmentation of Supp. C.
+
+SGG asks g to classify noisy, masked images (Eq. 6 masks x_k, a noisy sample), so a fraction of g_0's training
+samples (``segmenter.source_train.aug_fraction``, 10 % as in Supp. C) are noised by Eq. 2 at a random level below the
+last domain's t_N and masked by one class region.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from rich.console import Console
+
+from dasgen.config import Config
+from dasgen.datasets.pairs import PairStore
+from dasgen.seeding import image_seed
+from dasgen.segment.checkpoint import save_segmenter
+from dasgen.segment.train import train_source
+from dasgen.stages.common import base_schedule, load_source_pairs, resolve_device, source_reader, write_json
+from dasgen.stages.segmenters import new_segmenter, score_on_target, target_val_store
+from dasgen.stages.workspace import Workspace
+
+
+def augment_settings(config: Config, fraction: float) -> dict | None:
+    """Supp. C augmentation arguments: noise up to the final domain's level t_N, masked by a class region."""
+    if fraction <= 0:
+        return None
+    return {"schedule": base_schedule(config), "max_t": config.ptl.t_final, "fraction": fraction}
+
+
+def run_train_g0(config: Config, ws: Workspace, *, progress: bool = True, console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    device = resolve_device(config.run.device)
+    started = time.time()
+    entries, _ = load_source_pairs(ws)
+    store = PairStore(source_reader(config, ws.root), entries, config.data.resolution)
+    st = config.segmenter.source_train
+    model = new_segmenter(config, ws.root).to(device)
+    generator = torch.Generator().manual_seed(image_seed(config.run.seed, 0, "train-g0"))
+    sampler = store.sampler(st.batch_size)
+
+    def sample_batch(g):
+        x, y = sampler(g)
+        return x.to(device), y.to(device)
+
+    console.print(f"g_0: {config.segmenter.arch} on {len(entries)} source pairs, {st.iters} iterations on {device}")
+    losses = train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum,
+                          weight_decay=st.weight_decay, optimizer=st.optimizer,
+                          augment=augment_settings(config, st.aug_fraction), generator=generator, progress=progress)
+    model.eval()
+    sha = save_segmenter(model, ws.segmenter_path(0), meta={"domain": 0, "trained_on": "source"})
+    target = score_on_target(model, config, device, target_val_store(config, ws.root))
+    metrics = {"domain": 0, "t": 0, "target_miou": None if target is None else target["miou"],
+               "target_per_class": None if target is None else target["per_class"],
+               "final_loss": losses.get("final_loss") if isinstance(losses, dict) else None,
+               "segmenter_sha256": sha, "wall_s": round(time.time() - started, 1)}
+    write_json(ws.metrics / "g0.json", metrics)
+    console.print(f"g_0: target val mIoU {metrics['target_miou']}")
+    return metrics

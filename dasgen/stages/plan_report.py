@@ -1,0 +1,75 @@
+"""Assemble and render ``dasgen plan``: schedule, work units and (when measured) an estimated wall time."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from dasgen.config import Config
+from dasgen.stages.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
+from dasgen.stages.workspace import Workspace
+
+
+def plan_report(config: Config, ws: Workspace) -> dict:
+    """The schedule of every domain and the totals; uses the scanned source (if any) for image and class counts."""
+    source_images, classes, measured = config.toy.n_source, ASSUMED_CLASSES_PER_IMAGE, False
+    if ws.source_pairs.is_file():
+        record = json.loads(ws.source_pairs.read_text())
+        source_images = len(record["entries"])
+        classes = record.get("mean_classes_per_image") or classes
+        measured = True
+    costs = schedule_costs(config, source_images)
+    return {
+        "source_images": source_images,
+        "source_scanned": measured,
+        "domains": [c.__dict__ for c in costs],
+        "totals": plan_totals(config, costs, classes),
+        "deviations": deviations(config),
+    }
+
+
+def deviations(config: Config) -> list[str]:
+    """Where the params differ from the paper's maths (named, so nobody mistakes a toy run for the paper's)."""
+    notes = []
+    if config.ptl.steps_per_domain is not None:
+        notes.append(f"timestep respacing: {config.ptl.steps_per_domain} reverse steps per domain instead of t_n")
+    if config.ptl.N != config.ptl.t_final:
+        notes.append(f"domain schedule: N = {config.ptl.N} domains up to t_N = {config.ptl.t_final} "
+                     f"(paper: N = t_N = 600, t_n = n)")
+    if config.sgg.lambda_ != 80.0:
+        notes.append(f"guidance scale lambda = {config.sgg.lambda_} (paper: 80)")
+    if (config.diffusion.num_train_timesteps, config.diffusion.beta_start, config.diffusion.beta_end) != (1000, 1e-4, 0.02):
+        notes.append("noise schedule differs from T = 1000, betas 1e-4..0.02")
+    return notes
+
+
+def render_plan(report: dict, max_rows: int = 12) -> str:
+    table = Table(title="PTL schedule")
+    for column in ("domain n", "t_n", "reverse steps", "images", "LCG steps", "GSG steps"):
+        table.add_column(column, justify="right")
+    domains = report["domains"]
+    shown = domains if len(domains) <= max_rows else domains[: max_rows // 2] + [None] + domains[-max_rows // 2:]
+    for d in shown:
+        if d is None:
+            table.add_row("...", "", "", "", "", "")
+            continue
+        table.add_row(str(d["n"]), str(d["t"]), str(d["steps"]), str(d["images"]), str(d["lcg_steps"]),
+                      str(d["gsg_steps"]))
+    totals = Table(title="Cost")
+    totals.add_column("quantity")
+    totals.add_column("value", justify="right")
+    for key, value in report["totals"].items():
+        totals.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=False)
+    console.print(table)
+    console.print(totals)
+    if not report["source_scanned"]:
+        console.print("(source not scanned yet: image count from toy.n_source, "
+                      f"{ASSUMED_CLASSES_PER_IMAGE} classes per image assumed)")
+    for note in report["deviations"]:
+        console.print(f"deviation from the paper: {note}")
+    return buffer.getvalue()

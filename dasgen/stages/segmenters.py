@@ -1,0 +1,49 @@
+"""Config -> segmenter objects, and scoring a segmenter on the labelled target set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from dasgen.config import Config
+from dasgen.datasets.pairs import PairStore
+from dasgen.segment.checkpoint import load_initial_weights
+from dasgen.segment.metrics import evaluate
+from dasgen.segment.models import Segmenter, build_segmenter
+from dasgen.stages.common import target_reader
+
+
+def new_segmenter(config: Config, root: Path = Path(".")) -> Segmenter:
+    """A fresh g from ``params.yaml: segmenter`` (with the user's local initial weights when given)."""
+    s = config.segmenter
+    model = build_segmenter(s.arch, num_classes=19, width=s.width,
+                            input_size=tuple(s.input_size) if s.input_size else None)
+    if s.weights:
+        load_initial_weights(model, root / s.weights)
+    return model
+
+
+def store_batches(store: PairStore, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ids = [e.id for e in store.entries]
+    for start in range(0, len(ids), batch_size):
+        x, y = store.batch(ids[start:start + batch_size])
+        yield x.to(device), y.to(device)
+
+
+def target_val_store(config: Config, root: Path = Path(".")) -> PairStore | None:
+    """The labelled target set used only for scoring (None when ``data.target_val_split`` is null)."""
+    if config.data.target_val_split is None:
+        return None
+    reader = target_reader(config, config.data.target_val_split, labelled=True, root=root)
+    return PairStore(reader, reader.entries(), config.data.resolution)
+
+
+def score_on_target(model: Segmenter, config: Config, device: torch.device, store: PairStore | None,
+                    batch_size: int = 32) -> dict | None:
+    """g's mIoU on the target val set under ``segmenter.eval_protocol`` (the paper's measure)."""
+    if store is None:
+        return None
+    return evaluate(model, store_batches(store, batch_size, device), protocol=config.segmenter.eval_protocol,
+                    device=device)

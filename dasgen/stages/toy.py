@@ -1,0 +1,15 @@
+"""Stage ``toy``: write the procedural toy source (GTA5 layout) and target (Cityscapes layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dasgen.config import Config
+from dasgen.datasets.toy import generate_toy
+
+
+def run_toy(config: Config, *, root: Path = Path("."), out: Path | None = None, progress: bool = True) -> dict:
+    """Generate the toy domains from ``params.yaml: toy``; deterministic for ``toy.seed``."""
+    t = config.toy
+    return generate_toy(out or root / t.out, seed=t.seed, height=t.height, width=t.width, n_source=t.n_source,
+                        n_target_train=t.n_target_train, n_target_val=t.n_target_val, progress=progress)

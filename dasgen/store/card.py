@@ -1,0 +1,180 @@
+"""The dataset card (``README.md`` with a Hugging Face YAML header) and ``manifest.json`` of an export.
+
+The manifest is written last, with fsync: its presence marks a complete export. It holds no timestamps, so the same
+domain exported twice with the same options gives the same bytes (DVC then stores it once). Schema
+(``manifest_version`` 1)::
+
+    manifest_version   1
+    format             "cityscapes" | "parquet" | "hdf5"
+    dasgen_version     version of the exporting dasgen
+    domain             {"name", "n", "t", "image_format", "index_sha256"} of the exported domain
+    provenance         the domain's provenance.json, verbatim (dasgen version, params and params hash, diffusion
+                       model and g_N checksums, source dataset kind/root, pairs used/skipped and why)
+    export             the export options (size, min_consistency, shard_size, license)
+    counts             {"total", "exported", "dropped_low_consistency", "min_consistency", "per_split"}
+    files              {relative POSIX path: sha256} of every file of the export except manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+import dasgen
+from dasgen.labels import CITYSCAPES_LABELS, IGNORE_INDEX
+from dasgen.store.export_base import ExportPlan
+
+MANIFEST_FILE = "manifest.json"
+CARD_FILE = "README.md"
+MANIFEST_VERSION = 1
+
+
+def size_category(count: int) -> str:
+    """The Hugging Face ``size_categories`` bucket of a dataset of ``count`` rows."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if count < limit:
+            return name
+    return "1M<n<10M"
+
+
+def card_yaml(*, plan: ExportPlan, license: str, source_kind: str, configs: list | None) -> str:
+    """The YAML front matter the Hugging Face Hub reads (license, task, size, and data_files for Parquet)."""
+    header: dict[str, Any] = {"license": license}
+    if license == "other":
+        header["license_name"] = f"{source_kind}-derived" if source_kind else "source-dataset-terms"
+    header.update(
+        {
+            "pretty_name": f"dasgen translation of {source_kind or 'a synthetic dataset'}",
+            "task_categories": ["image-segmentation"],
+            "task_ids": ["semantic-segmentation"],
+            "tags": ["dasgen", "synthetic", "domain-adaptation", "semantic-segmentation", "cityscapes-labels"],
+            "size_categories": [size_category(len(plan.kept))],
+        }
+    )
+    if configs:
+        header["configs"] = configs
+    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _label_table() -> str:
+    lines = ["| trainId | id | name | colour |", "| --- | --- | --- | --- |"]
+    for label in CITYSCAPES_LABELS:
+        if label.train_id != IGNORE_INDEX:
+            lines.append(f"| {label.train_id} | {label.id} | {label.name} | {label.color} |")
+    return "\n".join(lines)
+
+
+def card_markdown(
+    *,
+    fmt: str,
+    plan: ExportPlan,
+    domain: dict[str, Any],
+    provenance: dict[str, Any],
+    size: str,
+    image_sizes: str,
+    license: str,
+    license_note: str | None,
+    layout: str,
+    how_to_load: str,
+) -> str:
+    """The human part of the card: what it is, how it was made, counts, labels, resolution, loading, license."""
+    source = provenance.get("source", {}) if isinstance(provenance.get("source"), dict) else {}
+    kind = source.get("kind", "the source dataset")
+    counts = plan.counts()
+    split_rows = "\n".join(f"| {split} | {n} |" for split, n in counts["per_split"].items())
+    gate = (
+        f"Quality gate: images whose label-consistency score is below {plan.min_consistency} were left out "
+        f"({plan.dropped} of {len(plan.rows)})."
+        if plan.min_consistency is not None
+        else "No quality gate: every translated image is included."
+    )
+    made = [
+        f"- source dataset: {kind}" + (f" (root `{source['root']}`)" if "root" in source else ""),
+        f"- intermediate domain X^{domain.get('n')} of Progressive Translation Learning, noise level "
+        f"t = {domain.get('t')} (of T = 1000)",
+    ]
+    for key, value in sorted(source.items()):  # pairs used / skipped and why, split, ...
+        if key not in ("kind", "root"):
+            made.append(f"- source {key.replace('_', ' ')}: {json.dumps(value, sort_keys=True)}")
+    for key, value in sorted(provenance.items()):  # versions, params hash, model checksums
+        if isinstance(value, (str, int, float, bool)):
+            made.append(f"- {key.replace('_', ' ')}: `{value}`")
+    made.append(f"- domain index sha256: `{domain.get('index_sha256')}`")
+    made.append("- full provenance (params, model checksums): `manifest.json` -> `provenance`")
+    note = license_note or f"Inherits the terms of {kind}; check them before redistributing."
+    return f"""
+# {kind} translated to the target domain by dasgen ({fmt})
+
+## What it is
+
+A semantic-segmentation dataset whose images are {kind} images translated towards the target domain (Cityscapes
+style) by diffusion-based image translation with label guidance (Peng et al., ICCV 2023), made with dasgen
+{dasgen.__version__}. The labels are the source labels, unchanged: the translation is guided to keep every pixel's
+class true.
+
+## How it was made
+
+{chr(10).join(made)}
+
+{gate}
+
+## Contents
+
+| split | images |
+| --- | --- |
+{split_rows}
+
+Total: {counts['exported']} images.
+
+## Label convention
+
+Labels are Cityscapes label ids (0-33); trainIds are the usual 19 training classes with 255 = ignore
+(`dasgen.labels.id_to_train_id`). Pixels whose source class has no Cityscapes counterpart are 0 (unlabeled).
+
+{_label_table()}
+
+## Resolution
+
+Exported at the {size} resolution ({image_sizes}). Images are resized with Lanczos, labels with nearest neighbour
+only, when the output size differs from the translation size.
+
+## Layout
+
+{layout}
+
+## How to load
+
+{how_to_load}
+
+## License
+
+{note} (`license: {license}`)
+
+## Integrity
+
+`manifest.json` lists the sha256 of every file; `dasgen verify <this dir>` checks them (missing, extra, altered).
+"""
+
+
+def build_manifest(
+    *,
+    fmt: str,
+    plan: ExportPlan,
+    domain: dict[str, Any],
+    provenance: dict[str, Any],
+    options: dict[str, Any],
+    files: dict[str, str],
+) -> dict[str, Any]:
+    """The manifest dict (schema in the module docstring)."""
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "format": fmt,
+        "dasgen_version": dasgen.__version__,
+        "domain": domain,
+        "provenance": provenance,
+        "export": options,
+        "counts": plan.counts(),
+        "files": dict(sorted(files.items())),
+    }

@@ -1,0 +1,235 @@
+"""Building blocks every export format shares: the plan (quality gate, counts per split), the streamed items (image
+and label at the output size), the output directory policy, the written files with their sha256, the progress bar.
+
+Images are resized with Lanczos and labels with nearest neighbour only (a label is a class id, never interpolated).
+Items are produced one at a time from the domain's index order, so an export never holds the dataset in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from dasgen.errors import DasgenError
+from dasgen.store.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from dasgen.store.domain_read import iter_domain_pngs
+from dasgen.store.paths import relpath_posix
+from dasgen.store.png import check_label, decode_png, encode_png
+
+LabelLoader = Callable[[dict[str, Any]], np.ndarray]
+"""``label_loader(index_row) -> uint8 (H, W) Cityscapes label ids`` of the row's source label (any resolution)."""
+SizeLoader = Callable[[dict[str, Any]], tuple[int, int]]
+"""``source_size_loader(index_row) -> (height, width)`` of the row's source image."""
+
+SIZES = ("translation", "source")
+
+
+@dataclass
+class ExportPlan:
+    """Which index rows are exported (the quality gate) and how many per split, decided before any file is written."""
+
+    rows: list[dict[str, Any]]  # every index row, id order
+    kept: list[dict[str, Any]]  # rows passing the gate, id order
+    min_consistency: float | None
+
+    @property
+    def dropped(self) -> int:
+        """Rows left out by the quality gate."""
+        return len(self.rows) - len(self.kept)
+
+    @cached_property
+    def per_split(self) -> dict[str, int]:
+        """Exported images per split, splits sorted by name."""
+        counts: dict[str, int] = {}
+        for row in self.kept:
+            counts[row["split"]] = counts.get(row["split"], 0) + 1
+        return dict(sorted(counts.items()))
+
+    def counts(self) -> dict[str, Any]:
+        """The quality-gate counts recorded in the manifest and the summary."""
+        return {
+            "total": len(self.rows),
+            "exported": len(self.kept),
+            "dropped_low_consistency": self.dropped,
+            "min_consistency": self.min_consistency,
+            "per_split": self.per_split,
+        }
+
+
+def passes_gate(consistency: float | None, min_consistency: float | None) -> bool:
+    """Quality gate: keep a row when no threshold is set, or when its score is >= the threshold (NaN fails)."""
+    if min_consistency is None:
+        return True
+    return consistency is not None and not math.isnan(consistency) and consistency >= min_consistency
+
+
+def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> ExportPlan:
+    """Apply the quality gate to the index rows; DasgenError when nothing is left to export."""
+    kept = [row for row in rows if passes_gate(row["consistency"], min_consistency)]
+    if not kept:
+        raise DasgenError(
+            f"nothing to export: 0 of {len(rows)} images pass min_consistency={min_consistency}"
+            if rows
+            else "nothing to export: the domain index has no rows"
+        )
+    return ExportPlan(rows=rows, kept=kept, min_consistency=min_consistency)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> (height, width, 3) with Lanczos (no-op at the same size)."""
+    if image.shape[:2] == size:
+        return image
+    return np.asarray(Image.fromarray(image, "RGB").resize((size[1], size[0]), Image.Resampling.LANCZOS))
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) -> (height, width) with nearest neighbour only (no new class values)."""
+    if label.shape == size:
+        return label
+    return np.asarray(Image.fromarray(label, "L").resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+class ExportItem:
+    """One exported image and its label at the output size; decodes and resizes lazily, once."""
+
+    def __init__(self, row: dict[str, Any], png: bytes, label_ids: np.ndarray, size: tuple[int, int]) -> None:
+        self.row = row
+        self.size = size  # (height, width) of the output
+        self._png = png
+        self.label_ids = resize_label(label_ids, size)  # uint8 (height, width), Cityscapes label ids
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """uint8 (height, width, 3) pixels at the output size."""
+        pixels = decode_png(self._png, mode="RGB", what=f"image {self.row['id']}")
+        return resize_image(pixels, self.size)
+
+    @cached_property
+    def image_png(self) -> bytes:
+        """PNG bytes at the output size: the domain's own bytes when no resize is needed (no re-encoding)."""
+        if (self.row["height"], self.row["width"]) == self.size:
+            return self._png
+        return encode_png(self.image)
+
+
+def iter_items(
+    domain_dir: Path,
+    plan: ExportPlan,
+    *,
+    label_loader: LabelLoader,
+    size: str,
+    source_size_loader: SizeLoader | None,
+) -> Iterator[ExportItem]:
+    """Stream the kept rows as :class:`ExportItem` in id order (image sha256 checked against the index)."""
+    if size not in SIZES:
+        raise DasgenError(f"size must be one of {SIZES}, got {size!r}")
+    kept_ids = {row["id"] for row in plan.kept}
+    for row, png in iter_domain_pngs(domain_dir, check=True):
+        if row["id"] not in kept_ids:
+            continue
+        label = check_label(label_loader(row), f"label of image {row['id']} ({row['source_label']})")
+        if size == "translation":
+            target = (row["height"], row["width"])
+        elif source_size_loader is not None:
+            height, width = source_size_loader(row)
+            target = (int(height), int(width))
+        else:
+            target = label.shape  # the source label is at the source image's resolution
+        yield ExportItem(row, png, label, target)
+
+
+@dataclass
+class FileRecord:
+    """The files an export wrote (relative POSIX path -> sha256), for the manifest."""
+
+    root: Path
+    files: dict[str, str] = field(default_factory=dict)
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """Write a file atomically (no fsync: the manifest, written last with fsync, marks completion)."""
+        atomic_write_bytes(self.root / relpath, data, fsync=False)
+        self.files[relpath] = sha256_bytes(data)
+
+    def write_text(self, relpath: str, text: str) -> None:
+        """Write a UTF-8 text file atomically and record it."""
+        atomic_write_text(self.root / relpath, text, fsync=False)
+        self.files[relpath] = sha256_bytes(text.encode("utf-8"))
+
+    def add_existing(self, path: Path) -> None:
+        """Record a file written by a library (Parquet, HDF5), hashing it from disk."""
+        self.files[relpath_posix(path, self.root)] = sha256_file(path)
+
+
+def prepare_out_dir(out_dir: Path, *, force: bool, protect: Path) -> None:
+    """Create ``out_dir``; a non-empty one is refused unless ``force``, which empties it first.
+
+    Even with ``force``, a directory that is, or contains, ``protect`` (the domain being exported), the filesystem
+    root or the home directory is never emptied.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DasgenError(f"output {out_dir} exists and is not a directory")
+    real, guarded = out_dir.resolve(), protect.resolve()
+    if real == guarded or guarded in real.parents:
+        raise DasgenError(f"output directory {out_dir} is inside the domain {protect}; choose another one")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise DasgenError(f"output directory {out_dir} is not empty; use force (--force) to overwrite it")
+        if real == guarded or real in guarded.parents or real == Path(real.anchor) or real == Path.home().resolve():
+            raise DasgenError(f"refusing to empty {out_dir}: it holds the domain being exported or is a system dir")
+        for child in out_dir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DasgenError(f"cannot create output directory {out_dir}: {error.strerror or error}") from error
+
+
+class _RateColumn(ProgressColumn):
+    """Images per second."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:6.1f} img/s" if speed else "    -- img/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(total: int, description: str, *, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A rich progress bar (count, images/s, elapsed, ETA); yields ``advance()``. Disabled: a no-op."""
+    if not enabled:
+        yield lambda: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)

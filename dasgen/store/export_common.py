@@ -1,0 +1,134 @@
+"""The export entry point shared by every format: ``export_domain`` writes a finished domain X^n as a standalone
+dataset (Cityscapes layout, Parquet or HDF5). The formats' shared building blocks are in :mod:`.export_base`.
+
+The store never reads source datasets itself: the caller passes ``label_loader(row) -> uint8 label ids`` (and
+optionally ``source_size_loader``), so the exporters work with any dataset reader. Every export streams one image
+at a time, applies the ``min_consistency`` quality gate, writes a dataset card and, last, ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from dasgen.errors import DasgenError
+from dasgen.store.atomic import atomic_write_json, sha256_file
+from dasgen.store.card import CARD_FILE, MANIFEST_FILE, build_manifest, card_markdown, card_yaml
+from dasgen.store.domain_read import index_image_format, read_index, read_provenance
+from dasgen.store.export_cityscapes import CityscapesExporter, city_name
+from dasgen.store.export_base import (
+    SIZES,
+    FileRecord,
+    LabelLoader,
+    SizeLoader,
+    iter_items,
+    make_plan,
+    prepare_out_dir,
+    progress_bar,
+)
+from dasgen.store.export_hdf5 import Hdf5Exporter
+from dasgen.store.export_parquet import ParquetExporter
+from dasgen.store.schema import INDEX_FILE
+
+EXPORTERS = {"cityscapes": CityscapesExporter, "parquet": ParquetExporter, "hdf5": Hdf5Exporter}
+FORMATS = tuple(EXPORTERS)
+
+
+def export_domain(
+    domain_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    fmt: str,
+    label_loader: LabelLoader,
+    size: str = "translation",
+    min_consistency: float | None = None,
+    force: bool = False,
+    shard_size: int = 500,
+    progress: bool = True,
+    source_size_loader: SizeLoader | None = None,
+    license: str = "other",
+    license_note: str | None = None,
+    city: str | None = None,
+) -> dict[str, Any]:
+    """Export the domain at ``domain_dir`` into ``out_dir`` as ``fmt``; returns a summary dict.
+
+    ``size``: ``"translation"`` (the domain's resolution) or ``"source"`` (each source image's resolution, from
+    ``source_size_loader`` or else the label's shape). ``min_consistency`` leaves out rows scoring below it (NaN
+    fails). ``force`` empties a non-empty ``out_dir`` (otherwise refused). ``shard_size``: rows per Parquet shard.
+    ``license``/``license_note``: the source dataset's terms for the card. ``city``: Cityscapes city name
+    (default: the source kind from the provenance).
+    """
+    if fmt not in EXPORTERS:
+        raise DasgenError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if size not in SIZES:
+        raise DasgenError(f"size must be one of {SIZES}, got {size!r}")
+    if shard_size < 1:
+        raise DasgenError(f"shard_size must be >= 1, got {shard_size}")
+    domain_dir, out_dir = Path(domain_dir), Path(out_dir)
+    started = time.perf_counter()
+    table = read_index(domain_dir)
+    provenance = read_provenance(domain_dir)
+    plan = make_plan(table.to_pylist(), min_consistency)
+    source = provenance.get("source") if isinstance(provenance.get("source"), dict) else {}
+    kind = str(source.get("kind", ""))
+    prepare_out_dir(out_dir, force=force, protect=domain_dir)
+
+    files = FileRecord(out_dir)
+    exporter = EXPORTERS[fmt](
+        files, plan, shard_size=shard_size, size=size, city=city_name(city if city is not None else kind)
+    )
+    sizes: set[tuple[int, int]] = set()
+    items = iter_items(domain_dir, plan, label_loader=label_loader, size=size, source_size_loader=source_size_loader)
+    try:
+        with progress_bar(len(plan.kept), f"export {fmt}", enabled=progress) as advance:
+            for item in items:
+                exporter.add(item)
+                sizes.add(item.size)
+                advance()
+    except BaseException:
+        exporter.abort()  # no half-written shard or HDF5 file is left under a temp name; no manifest is written
+        raise
+    extra = exporter.close()
+
+    first = plan.kept[0]
+    domain = {
+        "name": domain_dir.name,
+        "n": first["domain"],
+        "t": first["t"],
+        "image_format": index_image_format(table),
+        "index_sha256": sha256_file(domain_dir / INDEX_FILE),
+    }
+    image_sizes = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
+    splits = list(plan.per_split)
+    layout, how_to_load = exporter.card(splits)
+    configs = exporter.yaml_configs() if hasattr(exporter, "yaml_configs") else None
+    card = card_yaml(plan=plan, license=license, source_kind=kind, configs=configs)
+    card += card_markdown(
+        fmt=fmt,
+        plan=plan,
+        domain=domain,
+        provenance=provenance,
+        size=size,
+        image_sizes=image_sizes,
+        license=license,
+        license_note=license_note,
+        layout=layout,
+        how_to_load=how_to_load,
+    )
+    files.write_text(CARD_FILE, card)
+    options = {"size": size, "min_consistency": min_consistency, "shard_size": shard_size, "license": license}
+    manifest = build_manifest(
+        fmt=fmt, plan=plan, domain=domain, provenance=provenance, options=options, files=files.files
+    )
+    atomic_write_json(out_dir / MANIFEST_FILE, manifest)  # last, with fsync: marks the export complete
+    seconds = time.perf_counter() - started
+    return {
+        "format": fmt,
+        "out_dir": str(out_dir),
+        **plan.counts(),
+        "files": len(files.files) + 1,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(plan.kept) / seconds, 2) if seconds > 0 else None,
+        **extra,
+    }

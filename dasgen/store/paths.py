@@ -1,0 +1,44 @@
+"""Relative paths read from an index or a manifest, checked so they can never leave their root directory.
+
+An index or manifest is data a user may have downloaded; a path in it such as ``../../.bashrc`` or ``/etc/passwd``
+must not make dasgen read or report on files outside the artifact. Paths are stored POSIX-style (``/``) on every OS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from dasgen.errors import DasgenError
+
+
+def is_safe_relpath(relpath: str) -> bool:
+    """Whether ``relpath`` is a plain relative POSIX path inside its root: no ``..``, no absolute or drive path."""
+    if not relpath or "\\" in relpath or "\x00" in relpath or ":" in relpath.split("/", 1)[0]:
+        return False
+    pure = PurePosixPath(relpath)
+    if pure.is_absolute():
+        return False
+    return all(part not in ("", ".", "..") for part in relpath.split("/"))
+
+
+def resolve_inside(root: Path, relpath: str) -> Path:
+    """``root / relpath`` after checking the path stays inside ``root`` (also through symlinks); else DasgenError."""
+    if not is_safe_relpath(relpath):
+        raise DasgenError(f"unsafe path {relpath!r} in {root}: paths must be relative and stay inside it")
+    candidate = root / relpath
+    real_root = root.resolve()
+    real = candidate.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise DasgenError(f"path {relpath!r} in {root} resolves outside it (symlink?)")
+    return candidate
+
+
+def relpath_posix(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as a POSIX string (the form stored in indexes and manifests)."""
+    return path.relative_to(root).as_posix()
+
+
+def walk_files(root: Path) -> list[str]:
+    """All regular files (and symlinks) under ``root`` as sorted POSIX relative paths."""
+    found = [relpath_posix(p, root) for p in root.rglob("*") if p.is_file() or p.is_symlink()]
+    return sorted(found)

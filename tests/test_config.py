@@ -1,0 +1,81 @@
+"""params.yaml loading: strict keys, types, ranges and cross-checks, each error naming the file and key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dasgen.config import Config, config_from_dict, domain_noise_levels, load_config
+from dasgen.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_equal_the_documented_defaults():
+    assert load_config(REPO / "params.yaml") == Config()
+
+
+def test_paper_params_load_and_hold_the_papers_values():
+    paper = load_config(REPO / "params-paper.yaml")
+    assert (paper.ptl.N, paper.ptl.t_final, paper.ptl.steps_per_domain) == (600, 600, None)
+    assert paper.sgg.lambda_ == 80.0 and paper.sgg.arrangement == "alternate"
+    assert (paper.diffusion.num_train_timesteps, paper.diffusion.beta_start, paper.diffusion.beta_end) == (1000, 1e-4, 0.02)
+    assert domain_noise_levels(paper.ptl) == list(range(1, 601))  # t_n = n
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sgg: {lamda: 80}", "params.yaml: sgg.lamda: unknown key (did you mean sgg.lambda?)"),
+        ("sgggg: {}", "params.yaml: sgggg: unknown key (did you mean sgg?)"),
+        ("ptl: {N: 0}", "params.yaml: ptl.N: must be >= 1, got 0"),
+        ("sgg: {lambda: -1}", "params.yaml: sgg.lambda: must be >= 0.0, got -1.0"),
+        ("ptl: {N: 2.5}", "params.yaml: ptl.N: expected int, got 2.5"),
+        ("ptl: {guided: 'yes'}", "params.yaml: ptl.guided: expected bool, got 'yes'"),
+        ("sgg: {arrangement: zigzag}", "params.yaml: sgg.arrangement: must be one of"),
+        ("diffusion: {num_train_timesteps: 300}", "params.yaml: ptl.t_final: 400 exceeds diffusion.num_train_timesteps"),
+        ("ptl: {N: 500}", "params.yaml: ptl.N: 500 domains need t_final >= N"),
+        ("data: {resolution: [32]}", "params.yaml: data.resolution: expected [height, width]"),
+        ("export: {min_consistency: 1.5}", "params.yaml: export.min_consistency: must be <= 1.0, got 1.5"),
+        ("data: {source: {kind: kitti}}", "params.yaml: data.source.kind: must be one of"),
+        ("toy: 3", "params.yaml: toy: expected a mapping"),
+    ],
+)
+def test_bad_params_name_the_key(text, message):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(yaml.safe_load(text))
+    assert str(error.value).startswith(message)
+
+
+def test_load_config_reports_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("sgg:\n  lambda: 40\n  arrangment: random\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: sgg.arrangment: unknown key \(did you mean sgg.arrangement\?\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("sgg: [\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_overrides_are_checked_like_the_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("sgg: {lambda: 40}\n")
+    assert load_config(path, {"sgg.lambda": 10, "ptl.finetune.use_src_loss": False}).ptl.finetune.use_src_loss is False
+    with pytest.raises(ConfigError, match="sgg.lambda: must be >= 0.0"):
+        load_config(path, {"sgg.lambda": -3})
+
+
+def test_yaml_scientific_strings_are_floats_and_hash_is_stable():
+    config = config_from_dict(yaml.safe_load("diffusion: {beta_start: 1e-4}"))  # YAML 1.1 reads 1e-4 as a string
+    assert config.diffusion.beta_start == 1e-4
+    assert config.sha256() == Config().sha256()
+    assert config_from_dict({"sgg": {"lambda": 79}}).sha256() != Config().sha256()
+
+
+def test_domain_noise_levels_spread_to_t_final():
+    config = Config()
+    levels = domain_noise_levels(config.ptl)
+    assert levels[-1] == config.ptl.t_final and len(levels) == config.ptl.N
+    assert levels == sorted(set(levels))

@@ -1,0 +1,251 @@
+"""Denoiser factory and checkpoint I/O (dasgen.diffusion.unet) and DDPM training (dasgen.diffusion.train, Eq. 5)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from dasgen.diffusion.schedule import NoiseSchedule
+from dasgen.diffusion.train import train_ddpm
+from dasgen.diffusion.unet import build_unet, load_denoiser, make_eps_fn, save_denoiser
+from dasgen.errors import CheckpointError
+
+H, W = 8, 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run no faster on 2 threads, and 2 threads crawl when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny(dropout: float = 0.0) -> UNet2DModel:
+    return build_unet(
+        sample_size=(H, W), block_out_channels=(8, 16), attention_levels=(False, True), norm_num_groups=4,
+        dropout=dropout,
+    )
+
+
+@pytest.fixture(scope="module")
+def template() -> UNet2DModel:
+    """One tiny UNet; tests deep-copy it so every run starts from the same weights without a global seed."""
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """Four fixed toy images in [-1, 1]: a sky band over a road band, with a car-like block in varying places."""
+    out = torch.empty(4, 3, H, W)  # (N, 3, H, W)
+    for i in range(4):
+        out[i, :, : H // 2] = torch.tensor([-0.2, 0.3, 0.9])[:, None, None]  # sky
+        out[i, :, H // 2 :] = -0.4  # road
+        out[i, :, 3:6, 2 + 3 * i : 5 + 3 * i] = torch.tensor([0.8, -0.9, -0.9])[:, None, None]  # car
+    return out
+
+
+def _sampler(images: torch.Tensor, fail_at_call: int | None = None):
+    """sample_batch over a fixed image set; optionally raises on its n-th call to simulate a killed run."""
+    calls = {"n": 0}
+
+    def sample_batch(generator: torch.Generator, batch_size: int) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == fail_at_call:
+            raise KeyboardInterrupt("simulated kill")
+        return images[torch.randint(len(images), (batch_size,), generator=generator)]
+
+    return sample_batch
+
+
+def _train(unet, images, work_dir: Path, steps: int, *, log_path=None, fail_at_call=None, **overrides):
+    settings = dict(
+        steps=steps, batch_size=4, lr=2e-3, ema_decay=0.9, seed=3, work_dir=work_dir, checkpoint_every=2,
+        log_path=log_path, hflip=True, progress=False,
+    )
+    settings.update(overrides)
+    return train_ddpm(unet, _sampler(images, fail_at_call), NoiseSchedule.linear(), **settings)
+
+
+def _read_log(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+# -- factory and checkpoint I/O ----------------------------------------------------------------------------------
+
+
+def test_build_unet_rectangular_and_eps_fn_shapes():
+    unet = build_unet(sample_size=(32, 64))
+    assert tuple(unet.config.sample_size) == (32, 64)
+    assert unet.config.down_block_types == ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
+    x = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    t = torch.tensor([0, 999])
+    with torch.no_grad():
+        eps = make_eps_fn(unet.eval())(x, t)
+        assert eps.shape == (2, 3, 32, 64)
+        assert torch.equal(eps, unet(x, t).sample)
+    with pytest.raises(ValueError, match="divisible"):
+        build_unet(sample_size=(30, 64))
+
+
+def test_eps_fn_keeps_eps_half_of_learned_variance_output(template):
+    wide = UNet2DModel.from_config({**template.config, "out_channels": 6}).eval()
+    x, t = torch.zeros(1, 3, H, W), torch.tensor([5])
+    with torch.no_grad():
+        assert torch.equal(make_eps_fn(wide)(x, t), wide(x, t).sample[:, :3])
+
+
+def test_save_load_round_trip(template, tmp_path):
+    unet = copy.deepcopy(template).eval()
+    target = tmp_path / "denoiser"
+    digest = save_denoiser(unet, target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert digest == hashlib.sha256((target / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+    loaded = load_denoiser(target)
+    assert not loaded.training
+    x = torch.rand(3, 3, H, W, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    t = torch.tensor([0, 400, 999])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t).sample, unet(x, t).sample)
+
+    with torch.no_grad():  # overwriting an existing model replaces it whole and leaves no temp folders behind
+        for p in unet.parameters():
+            p.add_(0.01)
+    assert save_denoiser(unet, target) != digest
+    assert [p.name for p in tmp_path.iterdir()] == ["denoiser"]
+    _assert_same_weights(load_denoiser(target), unet)
+
+    pipeline = tmp_path / "pipeline"  # a whole diffusers pipeline folder: the UNet lives in unet/
+    save_denoiser(unet, pipeline / "unet")
+    (pipeline / "model_index.json").write_text("{}")
+    _assert_same_weights(load_denoiser(pipeline), unet)
+
+
+def test_load_refuses_bad_checkpoints(template, tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(CheckpointError, match="nope"):
+        load_denoiser(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_denoiser(empty)
+
+    good = tmp_path / "good"
+    save_denoiser(template, good)
+    config = json.loads((good / "config.json").read_text())
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(CheckpointError, match="UNet2DConditionModel"):
+        load_denoiser(other)
+
+    conditional = tmp_path / "conditional"
+    conditional.mkdir()
+    (conditional / "config.json").write_text(json.dumps({**config, "num_class_embeds": 10}))
+    with pytest.raises(CheckpointError, match="class-conditional"):
+        load_denoiser(conditional)
+
+    pickled = tmp_path / "pickled"  # a pickle-only checkpoint is refused before anything is read
+    pickled.mkdir()
+    (pickled / "config.json").write_text(json.dumps(config))
+    (pickled / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_denoiser(pickled)
+
+
+# -- training ----------------------------------------------------------------------------------------------------
+
+
+def test_training_lowers_loss(template, images, tmp_path):
+    unet = copy.deepcopy(template)
+    result = _train(unet, images, tmp_path / "work", 40, lr=3e-3, batch_size=8, ema_decay=None, checkpoint_every=0)
+    assert result.steps_done == 40 and len(result.losses) == 40 and result.resumed_from is None
+    assert result.model is unet and not unet.training
+    first, last = sum(result.losses[:8]) / 8, sum(result.losses[-8:]) / 8
+    assert last < 0.6 * first, (first, last)  # measured ~0.4 over seeds 0-3
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [
+        "training_state-00000040.safetensors", "training_state.json",
+    ]
+
+
+def test_ema_model_is_returned(template, images, tmp_path):
+    raw = copy.deepcopy(template)
+    result = _train(raw, images, tmp_path / "a", 3, ema_decay=0.0)  # decay 0: the EMA is the last weights
+    assert result.model is not raw
+    _assert_same_weights(result.model, raw)
+    raw_half = copy.deepcopy(template)
+    averaged = _train(raw_half, images, tmp_path / "b", 3, ema_decay=0.5).model
+    _assert_same_weights(raw, raw_half)  # EMA does not touch the training weights
+    differs = [not torch.equal(p, q) for p, q in zip(averaged.parameters(), raw_half.parameters())]
+    assert any(differs)
+
+
+def test_resume_gives_same_weights_losses_and_log(template, images, tmp_path):
+    straight = _train(copy.deepcopy(template), images, tmp_path / "a", 4, log_path=tmp_path / "a.csv")
+
+    first = _train(copy.deepcopy(template), images, tmp_path / "b", 2, log_path=tmp_path / "b.csv")
+    assert first.steps_done == 2
+    fresh = _tiny()
+    resumed = _train(fresh, images, tmp_path / "b", 4, log_path=tmp_path / "b.csv")  # other init: state overrides it
+    assert resumed.resumed_from == 2
+    _assert_same_weights(resumed.model, straight.model)  # EMA weights
+    assert resumed.losses == straight.losses
+    assert _read_log(tmp_path / "b.csv") == _read_log(tmp_path / "a.csv")
+    assert [row[0] for row in _read_log(tmp_path / "a.csv")] == ["step", "1", "2", "3", "4"]
+    assert float(_read_log(tmp_path / "a.csv")[3][1]) == pytest.approx(straight.losses[2], rel=1e-5)
+
+    again = _train(copy.deepcopy(template), images, tmp_path / "b", 4, log_path=tmp_path / "b.csv")  # nothing left
+    assert again.resumed_from == 4 and again.losses == straight.losses
+    _assert_same_weights(again.model, straight.model)
+
+
+def test_resume_after_kill_drops_unsaved_log_rows(template, images, tmp_path):
+    straight = _train(copy.deepcopy(template), images, tmp_path / "a", 5, log_path=tmp_path / "a.csv", ema_decay=None)
+    with pytest.raises(KeyboardInterrupt):  # killed while drawing step 4's batch: state at step 2, log rows 1..3
+        _train(copy.deepcopy(template), images, tmp_path / "b", 5, log_path=tmp_path / "b.csv", ema_decay=None,
+               fail_at_call=4)
+    assert [row[0] for row in _read_log(tmp_path / "b.csv")] == ["step", "1", "2", "3"]
+    resumed = _train(copy.deepcopy(template), images, tmp_path / "b", 5, log_path=tmp_path / "b.csv", ema_decay=None)
+    assert resumed.resumed_from == 2
+    _assert_same_weights(resumed.model, straight.model)
+    assert _read_log(tmp_path / "b.csv") == _read_log(tmp_path / "a.csv")
+
+
+def test_resume_with_dropout_is_exact(images, tmp_path):
+    """Dropout masks come from the saved generator too, not from the global RNG."""
+    base = _tiny(dropout=0.3)
+    straight = _train(copy.deepcopy(base), images, tmp_path / "a", 4, ema_decay=None)
+    _train(copy.deepcopy(base), images, tmp_path / "b", 2, ema_decay=None)
+    torch.rand(100)  # disturb the global RNG between the two halves
+    resumed = _train(copy.deepcopy(base), images, tmp_path / "b", 4, ema_decay=None)
+    _assert_same_weights(resumed.model, straight.model)
+
+
+def test_resume_refuses_other_settings_or_fewer_steps(template, images, tmp_path):
+    _train(copy.deepcopy(template), images, tmp_path / "w", 2)
+    with pytest.raises(CheckpointError, match="lr"):
+        _train(copy.deepcopy(template), images, tmp_path / "w", 4, lr=1e-3)
+    with pytest.raises(CheckpointError, match="step 2"):
+        _train(copy.deepcopy(template), images, tmp_path / "w", 1)
+    state = json.loads((tmp_path / "w" / "training_state.json").read_text())
+    tensors = tmp_path / "w" / state["tensors"]
+    tensors.write_bytes(tensors.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        _train(copy.deepcopy(template), images, tmp_path / "w", 4)

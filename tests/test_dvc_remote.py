@@ -1,0 +1,61 @@
+"""An export survives a DVC round trip: dvc add, push to a local remote, git clone, dvc pull, verify passes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dasgen.store.export_common import export_domain
+from dasgen.store.synthetic import build_synthetic_domain, label_loader_for, write_synthetic_source
+from dasgen.store.verify import verify
+
+pytestmark = pytest.mark.slow
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_export_round_trips_through_a_dvc_remote(tmp_path):
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(tmp_path / "home"),
+    }
+    ids = [f"{i:05d}" for i in range(1, 6)]
+    write_synthetic_source(tmp_path / "source", ids, height=24, width=40)
+    domain = build_synthetic_domain(tmp_path / "domain", ids, height=24, width=40)
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    sh(["git", "init", "-q"], repo, env)
+    sh(DVC + ["init", "-q"], repo, env)
+    export_domain(domain, repo / "translated", fmt="cityscapes", label_loader=label_loader_for(tmp_path / "source"),
+                  progress=False)
+    sh(DVC + ["add", "-q", "translated"], repo, env)
+    sh(DVC + ["remote", "add", "-d", "local", str(tmp_path / "remote")], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-q", "-m", "translated dataset"], repo, env)
+    sh(DVC + ["push", "-q"], repo, env)
+
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    assert not (clone / "translated").exists()
+    sh(DVC + ["pull", "-q"], clone, env)
+    report = verify(clone / "translated")
+    assert report.ok, report.summary()
+    assert report.checked == len(ids) * 4 + 2  # 4 files per image + id_map.csv + README.md

@@ -1,0 +1,291 @@
+"""Exports (Cityscapes layout, Parquet, HDF5): real loaders read back the same pixels and labels; gate; out dir."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from dasgen.errors import DasgenError
+from dasgen.labels import id_to_color, id_to_train_id
+from dasgen.store.atomic import sha256_file
+from dasgen.store.domain import DomainWriter, iter_domain_images, read_index
+from dasgen.store.export_common import export_domain
+from dasgen.store.export_cityscapes import city_name, sequence_numbers
+from dasgen.store.export_base import resize_label
+from dasgen.store.synthetic import (
+    build_synthetic_domain,
+    label_loader_for,
+    synthetic_record,
+    translated_image,
+    write_synthetic_source,
+)
+
+H, W = 32, 64  # translation resolution
+SH, SW = 48, 96  # source resolution
+IDS = [f"{i:05d}" for i in range(1, 11)]  # splits: odd ids val, even ids train (synthetic_record)
+PROVENANCE = {
+    "dasgen_version": "0.1.0",
+    "params_sha256": "abc123",
+    "diffusion_sha256": "d1ff",
+    "source": {"kind": "gta_5", "root": "/data/gta5", "pairs_used": 10, "pairs_skipped": 2, "skipped": {"size": 2}},
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A source tree and one finished domain per image format."""
+    root = tmp_path_factory.mktemp("export")
+    write_synthetic_source(root / "source", IDS, height=SH, width=SW)
+    domains = {
+        fmt: build_synthetic_domain(root / f"domain-{fmt}", IDS, height=H, width=W, image_format=fmt,
+                                    provenance=PROVENANCE)
+        for fmt in ("png", "parquet")
+    }
+    return {"root": root, "source": root / "source", "domains": domains}
+
+
+def run(world, out: Path, fmt: str, *, domain: str = "png", **kwargs):
+    return export_domain(
+        world["domains"][domain], out, fmt=fmt, label_loader=label_loader_for(world["source"]), progress=False,
+        **kwargs,
+    )
+
+
+def source_label(world, image_id: str) -> np.ndarray:
+    return np.array(Image.open(world["source"] / "labels" / f"{image_id}.png"))
+
+
+def domain_images(world, domain: str = "png") -> dict[str, np.ndarray]:
+    return {row["id"]: image for row, image in iter_domain_images(world["domains"][domain])}
+
+
+def card_header(out: Path) -> dict:
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+# -- Cityscapes layout -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("domain", ["png", "parquet"])
+def test_cityscapes_export_loads_in_torchvision_with_same_pixels_and_labels(world, tmp_path, domain):
+    from torchvision.datasets import Cityscapes
+
+    out = tmp_path / "cs"
+    summary = run(world, out, "cityscapes", domain=domain)
+    assert summary["exported"] == len(IDS) and summary["per_split"] == {"train": 5, "val": 5}
+    images = domain_images(world, domain)
+    with open(out / "id_map.csv") as handle:
+        id_map = {row["id"]: row for row in csv.DictReader(handle)}
+    assert sorted(id_map) == IDS
+    by_file = {Path(row["image"]).name: row["id"] for row in id_map.values()}
+
+    seen = []
+    for split in ("train", "val"):
+        ds = Cityscapes(str(out), split=split, mode="fine", target_type=["semantic", "color"])
+        assert len(ds) == 5
+        for index in range(len(ds)):
+            image_id = by_file[Path(ds.images[index]).name]
+            image, (label_ids, color) = ds[index]
+            expected_label = resize_label(source_label(world, image_id), (H, W))
+            assert np.array_equal(np.array(image), images[image_id])
+            assert np.array_equal(np.array(label_ids), expected_label)
+            assert np.array_equal(np.array(color), id_to_color(expected_label))
+            train_ids = Path(ds.targets[index][0].replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"))
+            assert np.array_equal(np.array(Image.open(train_ids)), id_to_train_id(expected_label))
+            assert Image.open(train_ids).mode == "L" and Image.open(ds.targets[index][0]).mode == "L"
+            assert id_map[image_id]["split"] == split
+            seen.append(image_id)
+    assert sorted(seen) == IDS
+    # the documented mapping: city = source kind without separators, seq = numeric id, frame 19
+    assert (out / "leftImg8bit/val/gta5/gta5_000001_000019_leftImg8bit.png").is_file()
+    assert (out / "gtFine/train/gta5/gta5_000010_000019_gtFine_labelTrainIds.png").is_file()
+
+
+def test_cityscapes_source_size_resizes_images_and_keeps_labels_exact(world, tmp_path):
+    from torchvision.datasets import Cityscapes
+
+    out = tmp_path / "cs-source"
+    run(world, out, "cityscapes", size="source", city="synth")
+    ds = Cityscapes(str(out), split="train", mode="fine", target_type="semantic")
+    for index in range(len(ds)):
+        image, label_ids = ds[index]
+        seq = int(Path(ds.images[index]).name.split("_")[1])
+        assert image.size == (SW, SH)
+        assert np.array_equal(np.array(label_ids), source_label(world, f"{seq:05d}"))
+    assert "Exported at the source resolution (96x48)" in (out / "README.md").read_text()
+
+
+def test_sequence_numbers_and_city_names_are_stable():
+    assert sequence_numbers(["00002", "00010"]) == {"00002": 2, "00010": 10}
+    assert sequence_numbers(["b", "a", "c"]) == {"a": 0, "b": 1, "c": 2}
+    assert sequence_numbers(["1", "01"]) == {"01": 0, "1": 1}  # numeric collision -> ranks
+    assert sequence_numbers(["1234567", "2"]) == {"1234567": 0, "2": 1}  # too large for 6 digits
+    assert city_name("GTA_5") == "gta5" and city_name("synthia-rand") == "synthiarand" and city_name("") == "dasgen"
+
+
+# -- Parquet -----------------------------------------------------------------------------------------------------
+
+
+def test_parquet_export_loads_in_hugging_face_datasets(world, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "pq"
+    summary = run(world, out, "parquet", domain="parquet", shard_size=2)
+    assert summary["shards"] == {"train": 3, "val": 3}
+    assert (out / "data/train/train-00002-of-00003.parquet").is_file()
+    images = domain_images(world, "parquet")
+
+    files = {split: sorted(str(p) for p in (out / "data" / split).glob("*.parquet")) for split in ("train", "val")}
+    ds = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf"))
+    assert isinstance(ds["train"].features["image"], datasets.Image)
+    assert isinstance(ds["train"].features["label"], datasets.Image)
+    for split in ("train", "val"):
+        assert len(ds[split]) == 5
+        for sample in ds[split]:
+            assert sample["split"] == split
+            assert np.array_equal(np.array(sample["image"]), images[sample["id"]])
+            label = np.array(sample["label"])
+            assert label.dtype == np.uint8
+            assert np.array_equal(label, resize_label(source_label(world, sample["id"]), (H, W)))
+            expected = synthetic_record(sample["id"], height=H, width=W).consistency
+            assert math.isclose(sample["consistency"], expected, rel_tol=1e-6)
+
+    # the card's YAML configs alone are enough for load_dataset(<dir>)
+    header = card_header(out)
+    assert header["task_categories"] == ["image-segmentation"]
+    by_dir = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf2"))
+    assert sorted(by_dir) == ["train", "val"] and len(by_dir["val"]) == 5
+
+
+# -- HDF5 --------------------------------------------------------------------------------------------------------
+
+
+def test_hdf5_export_streams_back_with_plain_h5py(world, tmp_path):
+    out = tmp_path / "h5"
+    run(world, out, "hdf5")
+    images = domain_images(world)
+    with h5py.File(out / "dataset.h5", "r") as f:
+        assert f["images"].shape == (10, H, W, 3) and f["images"].dtype == np.uint8
+        assert f["images"].chunks == (1, H, W, 3) and f["images"].compression == "gzip"
+        assert f["labels"].shape == (10, H, W)
+        ids = [s.decode() for s in f["ids"][:]]
+        splits = [s.decode() for s in f["splits"][:]]
+        offsets = json.loads(f.attrs["split_offsets"])
+        assert offsets == {"train": [0, 5], "val": [5, 10]}
+        assert splits == ["train"] * 5 + ["val"] * 5 and ids[:5] == sorted(ids[:5])
+        for i, image_id in enumerate(ids):
+            label = resize_label(source_label(world, image_id), (H, W))
+            assert np.array_equal(f["images"][i], images[image_id])
+            assert np.array_equal(f["labels"][i], label)
+            assert np.array_equal(f["train_ids"][i], id_to_train_id(label))
+            expected = synthetic_record(image_id, height=H, width=W).consistency
+            assert f["consistency"][i] == pytest.approx(expected)
+
+
+# -- shared behaviour --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["cityscapes", "parquet", "hdf5"])
+def test_quality_gate_counts_and_manifest(world, tmp_path, fmt):
+    out = tmp_path / fmt
+    threshold = 0.5
+    summary = run(world, out, fmt, min_consistency=threshold)
+    table = read_index(world["domains"]["png"])
+    kept = [r["id"] for r in table.to_pylist() if r["consistency"] >= threshold]
+    assert 0 < len(kept) < len(IDS)
+    assert summary["exported"] == len(kept) and summary["dropped_low_consistency"] == len(IDS) - len(kept)
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == fmt
+    assert manifest["counts"]["dropped_low_consistency"] == len(IDS) - len(kept)
+    assert manifest["counts"]["min_consistency"] == threshold
+    assert manifest["provenance"] == PROVENANCE
+    assert manifest["domain"]["index_sha256"] == sha256_file(world["domains"]["png"] / "index.parquet")
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [p for p in on_disk if p != "manifest.json"]
+    for relpath, digest in manifest["files"].items():
+        assert sha256_file(out / relpath) == digest
+    header = card_header(out)
+    assert header["license"] == "other" and header["task_categories"] == ["image-segmentation"]
+    card = (out / "README.md").read_text()
+    assert f"left out ({len(IDS) - len(kept)} of {len(IDS)})" in card and "gta_5" in card
+    assert "params sha256: `abc123`" in card and "diffusion sha256: `d1ff`" in card
+    assert 'source skipped: {"size": 2}' in card and "| train |" in card
+
+
+def test_gate_drops_nan_scores_and_refuses_empty_result(world, tmp_path):
+    directory = tmp_path / "nan"
+    with DomainWriter(directory) as w:
+        for image_id in IDS[:3]:
+            record = synthetic_record(image_id, height=H, width=W)
+            if image_id == IDS[0]:
+                record = type(record)(**{**record.__dict__, "consistency": float("nan")})
+            w.add(record, translated_image(image_id, H, W))
+    w.finalize(metrics={}, provenance={})
+    loader = label_loader_for(world["source"])
+    summary = export_domain(directory, tmp_path / "o1", fmt="hdf5", label_loader=loader, min_consistency=0.0,
+                            progress=False)
+    assert summary["exported"] == 2 and summary["dropped_low_consistency"] == 1
+    with pytest.raises(DasgenError, match="0 of 3 images pass min_consistency=2.0"):
+        export_domain(directory, tmp_path / "o2", fmt="hdf5", label_loader=loader, min_consistency=2.0,
+                      progress=False)
+
+
+def test_non_empty_output_is_refused_unless_forced(world, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(DasgenError, match="busy.*not empty"):
+        run(world, out, "parquet")
+    assert (out / "keep.txt").read_text() == "user data"
+    run(world, out, "parquet", force=True)
+    assert not (out / "keep.txt").exists()
+    with pytest.raises(DasgenError, match="inside the domain"):
+        run(world, world["domains"]["png"] / "export", "parquet", force=True)
+    with pytest.raises(DasgenError, match="unknown export format"):
+        run(world, tmp_path / "x", "tiff")
+
+
+def test_exports_are_reproducible(world, tmp_path):
+    for fmt in ("cityscapes", "parquet"):
+        first = run(world, tmp_path / f"{fmt}-1", fmt)
+        second = run(world, tmp_path / f"{fmt}-2", fmt)
+        assert first["exported"] == second["exported"]
+        assert (tmp_path / f"{fmt}-1/manifest.json").read_bytes() == (tmp_path / f"{fmt}-2/manifest.json").read_bytes()
+
+
+def test_failed_export_leaves_no_manifest_or_temp_files(world, tmp_path):
+    def broken_loader(row):
+        if row["id"] == IDS[4]:
+            raise DasgenError(f"label {row['source_label']} unreadable")
+        return np.array(Image.open(world["source"] / row["source_label"]))
+
+    out = tmp_path / "broken"
+    with pytest.raises(DasgenError, match="unreadable"):
+        export_domain(world["domains"]["png"], out, fmt="hdf5", label_loader=broken_loader, progress=False)
+    assert list(out.iterdir()) == []
+
+
+def test_label_loader_must_return_label_ids(world, tmp_path):
+    def rgb_loader(row):
+        return np.zeros((SH, SW, 3), np.uint8)
+
+    with pytest.raises(DasgenError, match="label of image 00001"):
+        export_domain(world["domains"]["png"], tmp_path / "o", fmt="cityscapes", label_loader=rgb_loader,
+                      progress=False)
+
+
+def test_progress_bar_reports_images_per_second(world, tmp_path, capsys):
+    run_progress = export_domain(world["domains"]["png"], tmp_path / "p", fmt="parquet",
+                                 label_loader=label_loader_for(world["source"]), progress=True)
+    shown = capsys.readouterr().out
+    assert "export parquet" in shown and "img/s" in shown and f"{run_progress['exported']}/{len(IDS)}" in shown

@@ -1,0 +1,166 @@
+"""The guided reverse loop phi^n (Sec. 4.1-4.2): identity at n = 0, seeding, batch invariance, guidance effect."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dasgen.diffusion.schedule import NoiseSchedule, evenly_spaced_steps
+from dasgen.guidance.arrangement import guidance_plan
+from dasgen.guidance.sampler import Guidance, translate
+from dasgen.guidance.sgg import IGNORE_INDEX, gsg_gradient, lcg_gradient
+
+T = 1000
+COLOURS = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])  # class prototypes (red, green, blue)
+
+
+def generators(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def conv_denoiser(seed: int = 0):
+    """A tiny fixed conv 'denoiser' whose output depends on the timestep (no diffusers needed)."""
+    torch.manual_seed(seed)  # test-local weights only
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).requires_grad_(False)
+    return lambda x, t: conv(x) * (1.0 + t.float().view(-1, 1, 1, 1) / T)
+
+
+def colour_segmenter(x):
+    """A 1x1 conv colour classifier with known weights: logit_c = 4 * <x, colour_c>."""
+    return F.conv2d(x, (4.0 * COLOURS).view(3, 3, 1, 1))
+
+
+def make_batch(batch=3, height=8, width=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand((batch, 3, height, width), generator=g) * 2 - 1
+    labels = torch.randint(0, 3, (batch, height // 2, width // 2), generator=g)
+    labels = labels.repeat_interleave(2, 1).repeat_interleave(2, 2)  # (B, H, W) 2x2 blocks
+    labels[:, :2, :2] = IGNORE_INDEX
+    return x0, labels
+
+
+def test_phi_zero_is_the_identity():
+    x0, labels = make_batch()
+    schedule = NoiseSchedule.linear(T).truncated(0)
+    guidance = Guidance(segmenter=colour_segmenter, plan=[])
+    out = translate(x0, labels, denoiser=conv_denoiser(), schedule=schedule, generators=generators([1, 2, 3]),
+                    guidance=guidance)
+    assert torch.equal(out, x0)
+
+
+def test_true_noise_denoiser_recovers_x0():
+    x0, _ = make_batch()
+    alpha_bars = NoiseSchedule.linear(T).alpha_bars.float()
+
+    def oracle(x, t):  # the exact noise of x_t given the known x0 (Eq. 2 solved for eps)
+        ab = alpha_bars[t].view(-1, 1, 1, 1)
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    for schedule in (NoiseSchedule.linear(T).truncated(60),
+                     NoiseSchedule.linear(T).truncated(200).respaced(evenly_spaced_steps(200, 10))):
+        out = translate(x0, None, denoiser=oracle, schedule=schedule, generators=generators([1, 2, 3]))
+        torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
+
+
+def test_denoiser_sees_the_schedules_model_timesteps_in_reverse_order():
+    x0, _ = make_batch()
+    schedule = NoiseSchedule.linear(T).truncated(100).respaced(evenly_spaced_steps(100, 5))
+    seen, steps = [], []
+
+    def recording(x, t):
+        seen.append(t.tolist())
+        return torch.zeros_like(x)
+
+    translate(x0, None, denoiser=recording, schedule=schedule, generators=generators([1, 2, 3]), on_step=steps.append)
+    expected = schedule.model_timesteps.flip(0).tolist()
+    assert expected[0] == 99 and expected[-1] == 0
+    assert seen == [[t] * 3 for t in expected]
+    assert steps == list(range(len(schedule)))
+
+
+def test_two_step_chain_matches_manual_equations():
+    """q_sample draw, then one draw per noisy reverse step, from each image's own generator; plan[i] at step i."""
+    x0, labels = make_batch(batch=2)
+    schedule = NoiseSchedule.linear(T).truncated(2)
+    denoiser = conv_denoiser()
+    guidance = Guidance(segmenter=colour_segmenter, plan=["lcg", "gsg"], scale=80.0)
+    out = translate(x0, labels, denoiser=denoiser, schedule=schedule, generators=generators([5, 6]),
+                    guidance=guidance)
+
+    gens = generators([5, 6])
+    draw = lambda: torch.stack([torch.randn((3, 8, 12), generator=g) for g in gens])  # noqa: E731
+    x = schedule.q_sample(x0, 1, draw())  # Eq. 2
+    mean = schedule.p_mean(x, 1, denoiser(x, torch.tensor([1, 1])))
+    mean = mean - 80.0 * schedule.betas[1].float() * lcg_gradient(colour_segmenter, x, labels)  # Eq. 7, LCG first
+    x = mean + schedule.betas[1].float().sqrt() * draw()  # Eq. 8
+    mean = schedule.p_mean(x, 0, denoiser(x, torch.tensor([0, 0])))
+    expected = mean - 80.0 * schedule.betas[0].float() * gsg_gradient(colour_segmenter, x, labels)  # no noise at 0
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arrangement", ["alternate", "none"])
+def test_image_alone_equals_image_inside_a_batch(arrangement):
+    x0, labels = make_batch(batch=3)
+    schedule = NoiseSchedule.linear(T).truncated(12)
+    guidance = Guidance(segmenter=colour_segmenter, plan=guidance_plan(arrangement, 12), max_copies_per_pass=4)
+    seeds = [11, 12, 13]
+    batch = translate(x0, labels, denoiser=conv_denoiser(), schedule=schedule, generators=generators(seeds),
+                      guidance=guidance)
+    alone = translate(x0[1:2], labels[1:2], denoiser=conv_denoiser(), schedule=schedule,
+                      generators=generators(seeds[1:2]), guidance=guidance)
+    torch.testing.assert_close(alone, batch[1:2], rtol=0, atol=1e-6)
+    other_seed = translate(x0[1:2], labels[1:2], denoiser=conv_denoiser(), schedule=schedule,
+                           generators=generators([99]), guidance=guidance)
+    assert (other_seed - alone).abs().max() > 1e-3  # the seed, not the batch position, decides the noise
+
+
+def test_plan_of_none_equals_unguided():
+    x0, labels = make_batch()
+    schedule = NoiseSchedule.linear(T).truncated(6)
+    kwargs = dict(denoiser=conv_denoiser(), schedule=schedule)
+    unguided = translate(x0, None, generators=generators([1, 2, 3]), **kwargs)
+    none_plan = translate(x0, labels, generators=generators([1, 2, 3]),
+                          guidance=Guidance(segmenter=colour_segmenter, plan=guidance_plan("none", 6)), **kwargs)
+    assert torch.equal(unguided, none_plan)
+
+
+def pixel_agreement(x, labels):
+    valid = labels != IGNORE_INDEX
+    return (colour_segmenter(x).argmax(1) == labels)[valid].float().mean().item()
+
+
+@pytest.mark.parametrize("arrangement", ["alternate", "lcg-only", "gsg-only"])
+def test_guidance_raises_segmenter_agreement_with_the_label(arrangement):
+    x0, labels = make_batch(batch=4, seed=3)
+    n = 150
+    schedule = NoiseSchedule.linear(T).truncated(n)
+    alpha_bars = schedule.alpha_bars.float()
+
+    def gaussian_denoiser(x, t):  # optimal eps for a target domain of N(0, 0.25) pixels
+        ab = alpha_bars[t].view(-1, 1, 1, 1)
+        return (1 - ab).sqrt() * x / (0.25 * ab + 1 - ab)
+
+    seeds = [21, 22, 23, 24]
+    kwargs = dict(denoiser=gaussian_denoiser, schedule=schedule)
+    unguided = translate(x0, labels, generators=generators(seeds), **kwargs)
+    guided = translate(x0, labels, generators=generators(seeds),
+                       guidance=Guidance(segmenter=colour_segmenter, plan=guidance_plan(arrangement, n)), **kwargs)
+    before, after = pixel_agreement(unguided, labels), pixel_agreement(guided, labels)
+    assert after > before + 0.1, (before, after)
+
+
+def test_bad_arguments_are_rejected():
+    x0, labels = make_batch()
+    schedule = NoiseSchedule.linear(T).truncated(4)
+    kwargs = dict(denoiser=conv_denoiser(), schedule=schedule)
+    with pytest.raises(ValueError, match="generator"):
+        translate(x0, labels, generators=generators([1, 2]), **kwargs)
+    with pytest.raises(ValueError, match="plan"):
+        translate(x0, labels, generators=generators([1, 2, 3]),
+                  guidance=Guidance(segmenter=colour_segmenter, plan=guidance_plan("alternate", 3)), **kwargs)
+    with pytest.raises(ValueError, match="labels"):
+        translate(x0, None, generators=generators([1, 2, 3]),
+                  guidance=Guidance(segmenter=colour_segmenter, plan=guidance_plan("alternate", 4)), **kwargs)
+    with pytest.raises(ValueError, match="plan"):
+        Guidance(segmenter=colour_segmenter, plan=["lcg", "LCG"])
