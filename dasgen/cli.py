@@ -238,7 +238,7 @@ def evaluate(
     config = State.config()
     if protocol is not None and protocol not in (19, 16, 13):
         raise DasgenError(f"--protocol {protocol}: expected 19, 16 or 13")
-    result = run_evaluate(config, checkpoint, kind=kind, root=root, split=split, protocol=protocol)
+    result = run_evaluate(config, checkpoint, workspace=State.workspace, kind=kind, root=root, split=split, protocol=protocol)
     if as_json:
         print(json.dumps(result))
         return

@@ -80,7 +80,9 @@ def save_segmenter(model: Segmenter, path: Path, *, meta: dict[str, Any]) -> str
         raise ValueError(f"save_segmenter: meta may not set reserved keys {clash}")
     # contiguous CPU copies: safetensors stores dense buffers and refuses shared storage
     state = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
-    data = save_safetensors_bytes(state, metadata={"format": "pt", "arch": model.arch})
+    # One metadata key only: safetensors writes its metadata map in hash order, so two keys make the bytes of the
+    # same weights differ from run to run (the architecture lives in the JSON sidecar).
+    data = save_safetensors_bytes(state, metadata={"format": "pt"})
     digest = sha256_bytes(data)
     atomic_write_bytes(path, data)
     sidecar = {**model.config(), "format_version": FORMAT_VERSION, "weights_sha256": digest, **meta}

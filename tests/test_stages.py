@@ -1,0 +1,128 @@
+"""End to end through the stage functions and the CLI on the tiny workspace: PTL domains, resume, export, plan."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from dasgen.cli import app
+from dasgen.config import load_config
+from dasgen.stages.domain import run_domain
+from dasgen.stages.summary import run_summary
+from dasgen.stages.workspace import Workspace
+
+runner = CliRunner()
+
+
+def invoke(root, *args):
+    return runner.invoke(app, ["--params", str(root / "params.yaml"), "--workspace", str(root), *args])
+
+
+def domain_bytes(directory):
+    """Every file of a domain artifact except the segmenter metrics' wall times: name -> bytes."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name not in ("metrics.json",)}
+
+
+def test_two_domain_ptl_writes_the_artifact_contract(workspace):
+    config = load_config(workspace / "params.yaml")
+    ws = Workspace(workspace)
+    for n in (1, 2):
+        metrics = run_domain(config, ws, n, progress=False)
+        assert metrics["domain"] == n and 0.0 <= metrics["consistency"] <= 1.0
+    final = ws.domain_dir(2)
+    index = pq.read_table(final / "index.parquet").to_pylist()
+    assert len(index) == 12  # the last domain translates every source image
+    assert len(pq.read_table(ws.domain_dir(1) / "index.parquet")) == 5  # intermediate: images_per_domain
+    assert [r["id"] for r in index] == sorted(r["id"] for r in index)
+    assert {r["t"] for r in index} == {20} and {r["domain"] for r in index} == {2}
+    assert (final / "segmenter.safetensors").is_file() and (final / "segmenter.json").is_file()
+    assert json.loads((final / "segmenter.json").read_text())["domain"] == 2
+    summary = run_summary(config, ws)
+    assert summary["domains"] == 2 and (ws.metrics / "ptl.csv").read_text().count("\n") == 4  # header, g_0, 2 domains
+
+
+def test_translate_cli_resumes_to_identical_bytes(workspace, tmp_path, monkeypatch):
+    import shutil
+
+    from dasgen.store.domain import DomainWriter
+
+    reference_root = tmp_path / "reference"
+    shutil.copytree(workspace, reference_root)
+    assert invoke(reference_root, "translate", "--domain", "1").exit_code == 0
+    reference = domain_bytes(Workspace(reference_root).domain_dir(1))
+
+    original_add, calls = DomainWriter.add, []
+
+    def add_then_interrupt(self, record, image):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C after three finished images
+        calls.append(record.id)
+        return original_add(self, record, image)
+
+    monkeypatch.setattr(DomainWriter, "add", add_then_interrupt)
+    result = invoke(workspace, "translate", "--domain", "1")
+    assert result.exit_code == 130 and "run the same command again to resume" in result.output
+    directory = Workspace(workspace).domain_dir(1)
+    assert not (directory / "index.parquet").exists()
+    assert DomainWriter(directory).done_ids() == set(calls)
+    monkeypatch.setattr(DomainWriter, "add", original_add)
+
+    result = invoke(workspace, "translate", "--domain", "1")
+    assert result.exit_code == 0, result.output
+    assert domain_bytes(directory) == reference
+    result = invoke(workspace, "translate", "--domain", "1")
+    assert result.exit_code == 0 and "already complete" in result.output
+    assert domain_bytes(directory) == reference
+
+
+def test_changed_sgg_param_restarts_the_domain(workspace):
+    assert invoke(workspace, "translate", "--domain", "1").exit_code == 0
+    before = domain_bytes(Workspace(workspace).domain_dir(1))
+    result = invoke(workspace, "--set", "sgg.lambda=0", "translate", "--domain", "1")
+    assert result.exit_code == 0, result.output
+    assert "starting this domain afresh" in result.output
+    assert domain_bytes(Workspace(workspace).domain_dir(1)) != before
+
+
+def test_cli_errors_are_one_line(workspace):
+    result = invoke(workspace, "translate", "--domain", "3")
+    assert result.exit_code == 1 and "must lie within 1..ptl.N = 2" in result.output
+    result = invoke(workspace, "--set", "sgg.lamda=3", "plan")
+    assert result.exit_code == 1 and "sgg.lamda: unknown key (did you mean sgg.lambda?)" in result.output
+    result = invoke(workspace, "export")
+    assert result.exit_code == 1 and "no finished domain artifact" in result.output
+
+
+def test_plan_counts(workspace):
+    result = invoke(workspace, "plan", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    domains = report["domains"]
+    assert [d["t"] for d in domains] == [10, 20]
+    assert [d["images"] for d in domains] == [5, 12]
+    assert all(d["steps"] == 3 and d["lcg_steps"] == 2 and d["gsg_steps"] == 1 for d in domains)
+    assert report["totals"]["unet_forwards"] == 3 * 5 + 3 * 12
+    assert report["source_scanned"] is True
+
+
+def test_export_and_verify_through_the_cli(workspace):
+    assert invoke(workspace, "translate", "--domains", "1-2").exit_code == 0
+    out = workspace / "exported"
+    result = invoke(workspace, "export", "--format", "cityscapes", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert invoke(workspace, "verify", str(out)).exit_code == 0
+    (sorted((out / "leftImg8bit").rglob("*.png"))[0]).write_bytes(b"tampered")
+    result = invoke(workspace, "verify", str(out))
+    assert result.exit_code == 1 and "altered" in result.output
+    result = invoke(workspace, "export", "--format", "cityscapes", "--out", str(out))
+    assert result.exit_code == 1 and "not empty" in result.output
+
+
+def test_evaluate_cli(workspace):
+    result = invoke(workspace, "evaluate", str(Workspace(workspace).segmenter_path(0)), "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert 0.0 <= scores["miou"] <= 1.0 and scores["protocol"] == 19
