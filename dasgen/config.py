@@ -89,9 +89,9 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    steps: int = knob(3000, min=1)  # paper trains to convergence; toy: minutes on CPU
-    batch_size: int = knob(32, min=1)  # paper: 4
-    lr: float = knob(5e-4, min=0.0, exclusive_min=True)  # paper: 2e-5; toy trains few steps, so larger
+    steps: int = knob(800, min=1)  # paper trains to convergence; toy: minutes on CPU
+    batch_size: int = knob(8, min=1)  # paper: 4
+    lr: float = knob(2e-3, min=0.0, exclusive_min=True)  # paper: 2e-5; toy trains few steps, so larger
     adam_betas: list[float] = knob([0.9, 0.99])  # Sec. 5.1: momentum 0.9 and 0.99
     ema_decay: Optional[float] = knob(None, min=0.0, max=1.0)  # DDPM uses 0.9999; off for short toy runs
     hflip: bool = True

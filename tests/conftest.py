@@ -6,13 +6,20 @@ that needs to write into it, so tests stay independent.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses too: 2 shared cores oversubscribe badly
+
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dasgen.config import load_config
+
+torch.set_num_threads(1)  # torch with 2 threads on 2 busy cores runs 10x slower than with 1
 
 TINY_PARAMS = {
     "run": {"seed": 0, "device": "cpu"},

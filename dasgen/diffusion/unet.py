@@ -142,7 +142,9 @@ def load_denoiser(directory: Path, *, device: str | torch.device = "cpu") -> UNe
         hint = hint if pickled.exists() else ""
         raise CheckpointError(f"{weights}: weights file missing{hint}")
     try:
-        unet = UNet2DModel.from_pretrained(model_dir, use_safetensors=True, local_files_only=True)
+        # low_cpu_mem_usage=False: the default needs `accelerate` and warns on every load without it
+        unet = UNet2DModel.from_pretrained(model_dir, use_safetensors=True, local_files_only=True,
+                                           low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{model_dir}: cannot load UNet2DModel ({error})") from error
     return unet.to(device).eval()
