@@ -1,10 +1,11 @@
 """Benchmark one guided reverse step of phi^n (Sec. 4.2): U-Net forward, LCG (batched vs per-class loop), GSG, memory.
 
-Not a test. Two configurations:
+Not a test. Three configurations:
 
-- ``toy``:   32x64, the tiny UNet of ``dasgen.diffusion.unet.build_unet`` and the toy segmenter;
-- ``large``: 128x256, the same UNet family and torchvision ``deeplabv3_resnet50`` (random weights, 19 classes),
-  wrapped by ``dasgen.segment.models`` to take [-1, 1] input.
+- ``toy``:    32x64, the tiny UNet of ``dasgen.diffusion.unet.build_unet`` and the toy segmenter;
+- ``large``:  128x256, the same UNet family and torchvision ``deeplabv3_resnet50`` (random weights, 19 classes),
+  wrapped by ``dasgen.segment.models`` to take [-1, 1] input;
+- ``xlarge``: the same at 256x512 (opt-in: minutes per measurement on a CPU).
 
 For each, with 8 and 19 classes present per image (plus an ignore band): the denoiser forward, LCG batched (all
 (image, class) copies in passes of ``--max-copies``) and LCG as a per-class loop (one segmenter call per image and
@@ -19,6 +20,12 @@ oversubscribe and small-op loops (the per-class reference) slow down by an order
     python bench/bench_guidance.py                 # table + JSON lines; about 1-3 minutes on 2 idle CPU cores
     python bench/bench_guidance.py --json          # JSON lines only
     python bench/bench_guidance.py --device cuda --batch 8 --large-batch 8 --repeats 5 --large-repeats 3
+
+``--speedups`` adds one row per configuration comparing, with the variants' repeats interleaved (so a noisy machine
+slows them alike), the speed-ups that keep the maths: autograd off (``inference_mode``) for the U-Net, channels-last
+inputs, batching images through the U-Net, LCG batched vs per-class loop and chunk sizes; and the one that does not:
+bf16 autocast of the U-Net forward, with its effect on eps and on a whole 10-step guided translation (``--compile``
+adds ``torch.compile`` of the U-Net).
 """
 
 from __future__ import annotations
@@ -38,13 +45,15 @@ import torch.nn.functional as F
 from dasgen.diffusion.schedule import NoiseSchedule
 from dasgen.diffusion.unet import build_unet, make_eps_fn
 from dasgen.guidance.arrangement import guidance_plan
-from dasgen.guidance.sampler import Guidance, translate
+from dasgen.datasets.io import to_uint8
+from dasgen.guidance.sampler import Guidance, autocast_denoiser, translate
 from dasgen.guidance.sgg import IGNORE_INDEX, class_regions, gsg_gradient, lcg_gradient
 from dasgen.segment.models import build_segmenter
 
 CONFIGS = {
     "toy": dict(size=(32, 64), segmenter="toy"),
     "large": dict(size=(128, 256), segmenter="deeplabv3_resnet50"),
+    "xlarge": dict(size=(256, 512), segmenter="deeplabv3_resnet50"),
 }
 
 
@@ -211,6 +220,150 @@ def bench_config(name: str, args, device: torch.device) -> list[dict]:
     return rows
 
 
+def interleaved(variants: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each variant, after one warm-up each, the variants' calls interleaved."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+
+
+def speedups_config(name: str, args, device: torch.device) -> dict:
+    """One row: each speed-up's variants timed interleaved (seconds per call for the whole batch)."""
+    size = CONFIGS[name]["size"]
+    toy = name == "toy"
+    batch = args.batch if toy else args.large_batch
+    repeats = args.repeats if toy else args.large_repeats
+    unet = build_unet(sample_size=size).to(device).eval().requires_grad_(False)
+    eps_fn = make_eps_fn(unet)
+    segmenter = build_segmenter(CONFIGS[name]["segmenter"], num_classes=19).to(device).eval().requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.rand((batch, 3, *size), generator=generator) * 2 - 1).to(device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    timesteps = torch.full((batch,), 100, dtype=torch.int64, device=device)
+    labels = make_labels(batch, args.classes[0], size, seed=args.classes[0]).to(device)
+    regions = class_regions(labels)
+    contiguous, channels_last = torch.contiguous_format, torch.channels_last
+    bf16_fn = autocast_denoiser(eps_fn, torch.bfloat16)
+
+    def unet_call(fn, inputs, mode):
+        def call():
+            with mode():
+                return fn(inputs, timesteps)
+        return call
+
+    def unet_per_image():
+        with torch.inference_mode():
+            return [eps_fn(x_cl[b : b + 1], timesteps[b : b + 1]) for b in range(batch)]
+
+    unet_variants = {
+        "unet_autograd_on": unet_call(eps_fn, x, torch.enable_grad),
+        "unet_inference_mode": unet_call(eps_fn, x, torch.inference_mode),
+        "unet_inference_channels_last": unet_call(eps_fn, x_cl, torch.inference_mode),
+        "unet_per_image_loop": unet_per_image,
+        "unet_bf16_autocast": unet_call(bf16_fn, x_cl, torch.inference_mode),
+    }
+    if args.compile:
+        compiled = make_eps_fn(torch.compile(unet))
+        start = time.perf_counter()
+        unet_call(compiled, x_cl, torch.inference_mode)()
+        compile_s = time.perf_counter() - start
+        unet_variants["unet_compiled"] = unet_call(compiled, x_cl, torch.inference_mode)
+    row = {"config": name, "kind": "speedups", "device": str(device), "height": size[0], "width": size[1],
+           "batch": batch, "classes_present": args.classes[0], "lcg_copies": len(regions),
+           "threads": torch.get_num_threads(), "repeats": repeats}
+    row.update({f"{k}_s": v for k, v in interleaved(unet_variants, device, repeats).items()})
+    if args.compile:
+        row["unet_compile_first_call_s"] = compile_s
+    seg_variants = {
+        "lcg_loop_contiguous": lambda: lcg_per_class_loop(segmenter, x, labels, regions),
+        "lcg_loop_channels_last": lambda: lcg_per_class_loop(segmenter, x_cl, labels, regions),
+        "lcg_batched_contiguous": lambda: lcg_gradient(segmenter, x, labels, regions=regions,
+                                                       max_copies_per_pass=64, memory_format=contiguous),
+        "lcg_batched_channels_last": lambda: lcg_gradient(segmenter, x, labels, regions=regions,
+                                                          max_copies_per_pass=64, memory_format=channels_last),
+        "lcg_chunk8_channels_last": lambda: lcg_gradient(segmenter, x, labels, regions=regions,
+                                                         max_copies_per_pass=8, memory_format=channels_last),
+        "gsg_contiguous": lambda: gsg_gradient(segmenter, x, labels, memory_format=contiguous),
+        "gsg_channels_last": lambda: gsg_gradient(segmenter, x, labels, memory_format=channels_last),
+    }
+    row.update({f"{k}_s": v for k, v in interleaved(seg_variants, device, repeats).items()})
+    row["lcg_batching_gain_contiguous"] = row["lcg_loop_contiguous_s"] / row["lcg_batched_contiguous_s"]
+    row["lcg_batching_gain_channels_last"] = row["lcg_loop_channels_last_s"] / row["lcg_batched_channels_last_s"]
+    row["lcg_loop_over_batched_best"] = row["lcg_loop_contiguous_s"] / min(
+        row["lcg_batched_channels_last_s"], row["lcg_chunk8_channels_last_s"], row["lcg_batched_contiguous_s"])
+    # bf16 (a deviation): error of eps, and of a whole guided translation, against float32
+    with torch.inference_mode():
+        eps32, eps16 = eps_fn(x, timesteps), bf16_fn(x, timesteps)
+    row["bf16_eps_max_abs_err"] = float((eps16 - eps32).abs().max())
+    row["bf16_eps_rel_rms_err"] = float((eps16 - eps32).pow(2).mean().sqrt() / eps32.pow(2).mean().sqrt())
+    steps = 10
+    schedule = NoiseSchedule.linear(1000).truncated(100).respaced(range(0, 100, 100 // steps))
+    guidance = Guidance(segmenter=segmenter, plan=guidance_plan("alternate", len(schedule)))
+    outputs = []
+    for fn in (eps_fn, bf16_fn):
+        generators = [torch.Generator().manual_seed(b) for b in range(batch)]
+        out = translate(x, labels, denoiser=fn, schedule=schedule, generators=generators, guidance=guidance)
+        outputs.append(torch.stack([torch.from_numpy(to_uint8(img.cpu())) for img in out]).int())
+    differ = (outputs[0] - outputs[1]).abs()
+    row["bf16_translate_steps"] = len(schedule)
+    row["bf16_translate_uint8_max_abs_diff"] = int(differ.max())
+    row["bf16_translate_uint8_mean_abs_diff"] = float(differ.float().mean())
+    return row
+
+
+def lcg_sweep(args, device: torch.device) -> list[dict]:
+    """Batched LCG vs the per-class loop for the toy segmenter at shrinking image sizes (same batch and classes).
+
+    Both do the same arithmetic; the loop adds a fixed cost per segmenter call (Python, dispatch, autograd set-up, on
+    a GPU kernel launches). The ratio shows how much of a call that overhead is at each size.
+    """
+    segmenter = build_segmenter("toy", num_classes=19).to(device).eval().requires_grad_(False)
+    rows = []
+    for size in ((8, 16), (16, 32), (32, 64)):
+        generator = torch.Generator().manual_seed(0)
+        x = (torch.rand((args.batch, 3, *size), generator=generator) * 2 - 1).to(device)
+        labels = make_labels(args.batch, args.classes[0], size, seed=args.classes[0]).to(device)
+        regions = class_regions(labels)
+        times = interleaved({
+            "loop": lambda: lcg_per_class_loop(segmenter, x, labels, regions),
+            "batched": lambda: lcg_gradient(segmenter, x, labels, regions=regions, max_copies_per_pass=64),
+        }, device, args.repeats)
+        copies = len(regions)
+        rows.append({"config": "toy-sweep", "kind": "lcg_sweep", "device": str(device), "height": size[0],
+                     "width": size[1], "batch": args.batch, "lcg_copies": copies, "threads": torch.get_num_threads(),
+                     "lcg_loop_s": times["loop"], "lcg_batched_s": times["batched"],
+                     "lcg_loop_over_batched": times["loop"] / times["batched"],
+                     "loop_overhead_ms_per_call": 1e3 * (times["loop"] - times["batched"]) / copies})
+    return rows
+
+
+def print_speedups(row: dict) -> None:
+    base = row["unet_inference_mode_s"]
+    print(f"\n{row['config']} {row['height']}x{row['width']}, batch {row['batch']}, {row['classes_present']} classes "
+          f"({row['lcg_copies']} LCG copies), {row['threads']} threads, medians of {row['repeats']} interleaved calls")
+    for key in [k for k in row if k.startswith("unet_") and k.endswith("_s")]:
+        print(f"  {key[:-2]:32s} {row[key]:8.3f} s   x{base / row[key]:.2f} vs inference_mode")
+    loop = row["lcg_loop_contiguous_s"]
+    for key in [k for k in row if k.startswith("lcg_") and k.endswith("_s")]:
+        print(f"  {key[:-2]:32s} {row[key]:8.3f} s   x{loop / row[key]:.2f} vs per-class loop")
+    print(f"  {'gsg_contiguous':32s} {row['gsg_contiguous_s']:8.3f} s")
+    print(f"  {'gsg_channels_last':32s} {row['gsg_channels_last_s']:8.3f} s   "
+          f"x{row['gsg_contiguous_s'] / row['gsg_channels_last_s']:.2f}")
+    print(f"  bf16 U-Net: eps max abs err {row['bf16_eps_max_abs_err']:.4f}, rel RMS {row['bf16_eps_rel_rms_err']:.4f}; "
+          f"{row['bf16_translate_steps']}-step guided translation: uint8 max |diff| "
+          f"{row['bf16_translate_uint8_max_abs_diff']}, mean {row['bf16_translate_uint8_mean_abs_diff']:.3f}")
+
+
 def print_table(rows: list[dict]) -> None:
     columns = [
         ("config", "{}"), ("batch", "{}"), ("classes_present", "{}"), ("lcg_copies", "{}"), ("unet_forward_s", "{:.3f}"),
@@ -241,17 +394,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--max-copies", type=int, default=64, help="LCG max_copies_per_pass")
     parser.add_argument("--json", action="store_true", help="print JSON lines only")
+    parser.add_argument("--speedups", action="store_true", help="also compare the speed-up variants (see above)")
+    parser.add_argument("--only-speedups", action="store_true", help="only the speed-up comparison")
+    parser.add_argument("--compile", action="store_true", help="with --speedups: also time torch.compile(unet)")
+    parser.add_argument("--lcg-sweep", action="store_true", help="only: batched vs loop LCG at 8x16..32x64")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = []
+    if args.lcg_sweep:
+        for row in lcg_sweep(args, device):
+            if not args.json:
+                print(f"{row['height']}x{row['width']}: {row['lcg_copies']} copies, loop {row['lcg_loop_s']:.3f} s, "
+                      f"batched {row['lcg_batched_s']:.3f} s, x{row['lcg_loop_over_batched']:.2f}, loop overhead "
+                      f"{row['loop_overhead_ms_per_call']:.2f} ms per call")
+            print(json.dumps(row))
+        return
+    rows, speedup_rows = [], []
     for name in args.configs:
-        rows.extend(bench_config(name, args, device))
+        if not args.only_speedups:
+            rows.extend(bench_config(name, args, device))
+        if args.speedups or args.only_speedups:
+            speedup_rows.append(speedups_config(name, args, device))
         if not args.json:
             print(f"... {name} done", flush=True)
     if not args.json:
-        print_table(rows)
+        if rows:
+            print_table(rows)
+        for row in speedup_rows:
+            print_speedups(row)
+    rows += speedup_rows
     for row in rows:
         print(json.dumps(row))
 

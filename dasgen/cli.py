@@ -14,6 +14,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dasgen.config import Config, load_config
@@ -62,7 +63,7 @@ def handles_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except DasgenError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted; run the same command again to resume")
@@ -84,7 +85,7 @@ def main(
     try:
         State.overrides = dict(_parse_override(s) for s in (set_ or []))
     except DasgenError as error:
-        err.print(f"[bold red]error:[/] {error}")
+        err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -192,7 +193,8 @@ def export(
     size: Annotated[Optional[str], typer.Option("--size", help="translation | source resolution.")] = None,
     min_consistency: Annotated[Optional[float], typer.Option("--min-consistency",
                                                              help="Leave out images scoring below this.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory (an export that was "
+                                                        "killed or failed is redone without it).")] = False,
 ) -> None:
     """Write a translated domain as a dataset (Cityscapes layout, HF Parquet or HDF5) with card and manifest."""
     from dasgen.stages.export import run_export
@@ -203,7 +205,7 @@ def export(
         raise DasgenError(f"--size {size!r}: expected translation or source")
     summary = run_export(State.config(), State.ws(), fmt=fmt, out=out_dir, domain=domain, size=size,
                          min_consistency=min_consistency, force=force)
-    err.print(f"export written: {json.dumps(summary, default=str)}")
+    err.print(f"export written: {escape(json.dumps(summary, default=str))}", highlight=False)
 
 
 @app.command()
@@ -214,11 +216,12 @@ def verify(path: Annotated[Path, typer.Argument(help="An export (manifest.json) 
 
     report = verify_path(path)
     if not report.ok:
-        out.print(report.summary(), highlight=False)
-        err.print(f"[bold red]verify failed:[/] {path}: {len(report.missing)} missing, {len(report.extra)} extra, "
-                  f"{len(report.altered)} altered, {len(report.invalid)} invalid", highlight=False)
+        out.print(escape(report.summary()), highlight=False, soft_wrap=True)
+        err.print(f"[bold red]verify failed:[/] {escape(str(path))}: {len(report.missing)} missing, "
+                  f"{len(report.extra)} extra, {len(report.altered)} altered, {len(report.invalid)} invalid",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    out.print(f"verified: {path} ({report.checked} files match)")
+    out.print(f"verified: {escape(str(path))} ({report.checked} files match)", highlight=False)
 
 
 @app.command()
@@ -283,3 +286,79 @@ def pipeline(
         err.print(f"{path}: up to date")
     else:
         sys.stdout.write(render_pipeline(config))
+
+
+def _csv_list(text: Optional[str], what: str, cast: Callable = str) -> Optional[list]:
+    if text is None:
+        return None
+    try:
+        return [cast(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DasgenError(f"{what} {text!r}: expected a comma-separated list, e.g. {what} 0,1") from None
+
+
+@app.command()
+@handles_errors
+def ablate(
+    spec: Annotated[Path, typer.Option("--spec", help="Ablation spec: base params, seeds, variants.")]
+    = Path("ablation.yaml"),
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Subset of the spec's seeds, e.g. 0,1.")] = None,
+    variants: Annotated[Optional[str], typer.Option("--variants", help="Subset of the spec's variants.")] = None,
+    ddpm: Annotated[Optional[Path], typer.Option("--ddpm", help="Reuse this trained DDPM (diffusers directory, "
+                                                 "e.g. data/diffusion/model) instead of training one.")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Only rewrite the reports from finished runs.")]
+    = False,
+) -> None:
+    """Reproduce the paper's ablations (Tabs. 2, 3, 5) on the toy with paired seeds; writes CSV, JSON and Markdown.
+
+    Params come from the spec's `base` file and overrides (not --params/--set). Resumable: finished runs are skipped.
+    """
+    from dasgen.stages.ablate import load_spec, render_markdown, run_ablation
+
+    report = run_ablation(load_spec(spec), seeds=_csv_list(seeds, "--seeds", int),
+                          variants=_csv_list(variants, "--variants"), ddpm=ddpm, report_only=report_only, console=err)
+    out.print(render_markdown(report), highlight=False)
+
+
+@app.command()
+@handles_errors
+def sheet(
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="PNG to write (default: metrics/sheet.png, or "
+                                                     "metrics/sheet-guidance.png with --guided-vs-unguided).")]
+    = None,
+    count: Annotated[int, typer.Option("--count", min=1, help="Source images (rows).")] = 4,
+    ids: Annotated[Optional[str], typer.Option("--ids", help="Source ids to show, comma-separated.")] = None,
+    guided: Annotated[bool, typer.Option("--guided-vs-unguided", help="Re-translate the last domain unguided, "
+                                         "LCG only, GSG only and with SGG at the same seeds (Fig. 7).")] = False,
+) -> None:
+    """Contact sheet of the translation: source | label | X^n for several n | label over X^N (Fig. 4 analogue)."""
+    from dasgen.stages.sheet import domain_sheet, guidance_sheet
+
+    ws = State.ws()
+    if guided:
+        result = guidance_sheet(State.config(), ws, out_path or ws.metrics / "sheet-guidance.png", count=count,
+                                ids=_csv_list(ids, "--ids"))
+        result.pop("images")
+    else:
+        result = domain_sheet(State.config(), ws, out_path or ws.metrics / "sheet.png", count=count,
+                              ids=_csv_list(ids, "--ids"))
+    err.print(f"sheet written: {escape(json.dumps(result))}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def plot(
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="PTL curve (default: metrics/ptl.csv).")] = None,
+    ablation: Annotated[Optional[Path], typer.Option("--ablation", help="Plot this ablation.json instead.")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="PNG to write (default: metrics/ptl.png, or "
+                                                     "ablation.png beside --ablation).")] = None,
+) -> None:
+    """PNG of per-domain label consistency and target mIoU against n (from `dasgen summarize`), or of an ablation."""
+    from dasgen.stages.plots import plot_ablation, plot_ptl
+
+    ws = State.ws()
+    if ablation is not None:
+        result = plot_ablation(ablation, out_path or ablation.with_suffix(".png"))
+    else:
+        result = plot_ptl(csv_path or ws.metrics / "ptl.csv", out_path or ws.metrics / "ptl.png")
+    err.print(f"plot written: {escape(json.dumps(result))}", highlight=False)

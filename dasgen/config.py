@@ -76,6 +76,8 @@ class ToyConfig:
     n_source: int = knob(300, min=1)
     n_target_train: int = knob(300, min=1)
     n_target_val: int = knob(100, min=1)
+    rendering_gap: float = knob(1.0, min=0.0, max=1.0)  # texture/haze/noise/blur/grading gap (most of the real gap)
+    colour_swap: bool = True  # two classes take another class's colour in the target, so colour shortcuts fail
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,23 @@ def _cross_checks(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: segmenter.input_size: expected [height, width] or null")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def config_from_dict(data: Any, *, source: str = "params.yaml") -> Config:
     """Build and validate a :class:`Config` from parsed YAML data."""
     config = _build(Config, data, "", source)
@@ -338,10 +357,17 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        loader = _StrictLoader(path.read_text())  # a SafeLoader: builds plain data only, never objects
+        try:
+            data = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
-        line = getattr(getattr(error, "problem_mark", None), "line", None)
-        raise ConfigError(f"{path}: not valid YAML" + (f" (line {line + 1})" if line is not None else "")) from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", "")
+        reason = f": {problem}" if problem and "duplicate key" in problem else ""
+        raise ConfigError(f"{path}: not valid YAML{where}{reason}") from None
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, last = dotted.split(".")

@@ -79,3 +79,10 @@ def test_domain_noise_levels_spread_to_t_final():
     levels = domain_noise_levels(config.ptl)
     assert levels[-1] == config.ptl.t_final and len(levels) == config.ptl.N
     assert levels == sorted(set(levels))
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("ptl:\n  N: 2\n  N: 3\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML \(line 3\): duplicate key 'N'"):
+        load_config(path)

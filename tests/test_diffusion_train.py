@@ -20,14 +20,6 @@ from dasgen.errors import CheckpointError
 H, W = 8, 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run no faster on 2 threads, and 2 threads crawl when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _tiny(dropout: float = 0.0) -> UNet2DModel:
     return build_unet(

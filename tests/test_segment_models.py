@@ -20,14 +20,6 @@ from dasgen.segment.checkpoint import (
 from dasgen.segment.models import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_ARCHS, build_segmenter
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny convolutions run faster without thread hand-offs (and on a shared runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)

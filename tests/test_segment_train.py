@@ -36,14 +36,6 @@ def colour_dataset(n: int, seed: int, *, bgr: bool = False, height: int = 32, wi
     return LabelledArrays(np.clip(colours, 0, 255).astype(np.uint8), labels)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny convolutions run faster without thread hand-offs (and on a shared runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # -- data ------------------------------------------------------------------------------------------------------------
 

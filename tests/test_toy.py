@@ -107,8 +107,10 @@ def test_written_files_match_toy_sample(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "source/labels/00005.png")), label)
     image, label = toy_sample("target", "val", 2, seed=2)
     stem = f"{CITY}_000000_000002"
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"target/leftImg8bit/val/{CITY}/{stem}_leftImg8bit.png")), image)
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / f"target/gtFine/val/{CITY}/{stem}_gtFine_labelIds.png")), label)
+    written = np.asarray(Image.open(tmp_path / f"target/leftImg8bit/val/{CITY}/{stem}_leftImg8bit.png"))
+    np.testing.assert_array_equal(written, image)
+    written = np.asarray(Image.open(tmp_path / f"target/gtFine/val/{CITY}/{stem}_gtFine_labelIds.png"))
+    np.testing.assert_array_equal(written, label)
 
 
 def test_domains_share_the_label_distribution() -> None:

@@ -10,12 +10,18 @@ has the same *kind* of gap, not just any gap:
   match and only the look differs.
 * **Most of the gap is rendering** (:data:`SOURCE_LOOK` vs :data:`TARGET_LOOK`). The source is "game-like": hard
   sun with cast shadows, saturated colours, a blue sky, clean flat textures, sharp edges. The target is "camera-
-  like": overcast flat light, a grey sky, desaturated and cool colour grading, varying exposure, vignetting, grain
-  and texture, a slight blur. Class colours are *shifted* (roads are grey in both).
-* **A little of the gap is confusing colour** (``colour_swap``): in the target, sidewalks are red brick paving and
-  buildings grey concrete (the source has pale sidewalks and brick/tan buildings), and the grass (terrain) is green
-  where the source's is dry khaki, close to the source's vegetation. A segmenter that learnt colour shortcuts on
-  the source fails there; one that uses layout and shape does not.
+  like": soft overcast light, a pale sky, haze, desaturated colour grading, varying exposure, vignetting, grain and
+  texture, a slight blur. Class colours are *shifted* (roads are grey in both; buildings more often concrete, cars
+  and clothes duller, poles darker).
+* **Some of the gap is confusing colour** (``colour_swap``): in the target, sidewalks are red brick paving (the
+  source's sidewalks are pale, its brick is on buildings), the grass (terrain) is green where the source's is dry
+  khaki -- the colour of the source's vegetation -- and foliage is dark. A segmenter that learnt colour shortcuts
+  on the source fails there; one that uses layout and shape does not.
+
+Measured at 32x64 with a 6-layer CNN (1500 Adam steps, batch 16, 300 training images; mIoU over the 10 classes on
+the 100 target val images): trained on the source, 42 mIoU (91 on source images); trained on other target images
+(the oracle), 91. The source-only model fails on the swapped classes (sidewalk 39, terrain 30) and on the small
+objects, which the target's blur, haze and duller colours hide (pole 8, sign 2, person 15, car 35).
 
 Every image has its own ``numpy.random.Generator`` derived from (seed, domain, split, index); the layout and the
 rendering use separate child streams, so changing a rendering knob keeps every layout. Files are written in GTA5
@@ -101,6 +107,7 @@ class Scene:
         self.inst[mask] = inst
         self.part[mask] = part
         self.depth[mask] = depth[mask] if isinstance(depth, np.ndarray) else depth
+        self.shadow[mask] = 0.0
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,8 @@ def make_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
         hit = on_side & (cls > 0) & (h_wall >= 0) & (h_wall <= top) & (z_wall < far)
         for c in (BUILDING, VEGETATION):
             m = hit & (cls == c)
-            scene.label[m], scene.inst[m], scene.part[m], scene.depth[m] = c, inst[m], PLAIN, z_wall[m]
+            scene.paint(m, c, 0, z_wall)
+            scene.inst[m] = inst[m]
         is_building = hit & (cls == BUILDING)
         # Windows on a 3 m x 3 m grid in facade coordinates, faded where the grid is finer than ~1.5 px.
         z_phase = float(rng.uniform(0.0, 3.0))
@@ -254,7 +262,7 @@ def make_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
             shade = below & (x_ground * side > wall - sun_reach * ground_top) & (scene.label != BUILDING)
             scene.shadow[shade & ~hit] = 1.0
 
-    # 4. Objects, far to near: cars on the road, poles with signs or lights and persons on the sidewalks.
+    # 4. Objects, far to near: cars on the road, poles with signs and persons on the sidewalks.
     objects: list[tuple[float, str, float]] = []
     for _ in range(int(min(rng.poisson(3.0), 6))):
         if rng.random() < 0.4:  # parked at a kerb
@@ -276,7 +284,9 @@ def make_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
     return scene
 
 
-def _box(scene: Scene, z: float, x0: float, x1: float, h0: float, h1: float, f: float, vx: float) -> tuple[slice, slice]:
+def _box(
+    scene: Scene, z: float, x0: float, x1: float, h0: float, h1: float, f: float, vx: float
+) -> tuple[slice, slice]:
     """Pixel rows/columns of a frontal rectangle at depth z: lateral [x0, x1], height [h0, h1] metres."""
     H, W = scene.label.shape
     cols = _span(vx + f * x0 / z, vx + f * x1 / z, W)
@@ -290,6 +300,7 @@ def _paint_box(scene: Scene, box: tuple[slice, slice], cls: int, inst: int, z: f
     scene.inst[rows, cols] = inst
     scene.part[rows, cols] = part
     scene.depth[rows, cols] = z
+    scene.shadow[rows, cols] = 0.0  # objects stand in the sun (their own shading is left out)
 
 
 def _car(rng: np.random.Generator, scene: Scene, z: float, x: float, f: float, vx: float) -> None:
@@ -347,8 +358,8 @@ class Look:
     Grading: saturation, per-channel ``tint``, ``contrast`` about 0.5, exposure drawn from ``exposure``. Light:
     ``shadow`` darkens sun-shadowed pixels (hard sun; 0 = overcast), ``vignette`` darkens corners, ``sky_gradient``
     brightens the sky towards the horizon, ``haze`` is the fraction of sky colour mixed into things 100 m away.
-    Surface: ``texture`` amplitude of per-pixel texture, ``blur`` Gaussian
-    sigma in pixels, ``noise`` sensor noise std.
+    Surface: ``texture`` amplitude of per-pixel texture, ``blur`` Gaussian sigma in pixels, ``noise`` sensor noise
+    std.
     """
 
     palette: dict[int, tuple[RGB, ...]]
@@ -372,7 +383,7 @@ _SOURCE_PALETTE: dict[int, tuple[RGB, ...]] = {
     BUILDING: ((0.7, 0.38, 0.28), (0.8, 0.64, 0.45), (0.62, 0.45, 0.35), (0.6, 0.6, 0.62), (0.55, 0.52, 0.5)),
     VEGETATION: ((0.22, 0.58, 0.15), (0.3, 0.62, 0.2), (0.2, 0.5, 0.18)),
     TERRAIN: ((0.72, 0.64, 0.38), (0.68, 0.6, 0.35), (0.76, 0.7, 0.45)),
-    SKY: ((0.35, 0.6, 0.95), (0.45, 0.68, 0.96), (0.62, 0.76, 0.93), (0.75, 0.82, 0.92)),
+    SKY: ((0.35, 0.58, 0.85), (0.45, 0.65, 0.86), (0.6, 0.72, 0.86), (0.72, 0.78, 0.86)),
     CAR: ((0.85, 0.1, 0.1), (0.1, 0.25, 0.85), (0.95, 0.95, 0.95), (0.1, 0.1, 0.1), (0.95, 0.8, 0.1), (0.2, 0.6, 0.3)),
     POLE: ((0.68, 0.68, 0.68), (0.62, 0.62, 0.64)),
     SIGN: ((0.95, 0.85, 0.1), (0.9, 0.15, 0.1), (0.15, 0.35, 0.85)),
@@ -387,10 +398,10 @@ _TARGET_PALETTE: dict[int, tuple[RGB, ...]] = {
     VEGETATION: ((0.25, 0.45, 0.18), (0.3, 0.48, 0.22), (0.22, 0.4, 0.18)),
     TERRAIN: ((0.6, 0.56, 0.4), (0.58, 0.54, 0.38), (0.64, 0.6, 0.44)),
     SKY: ((0.8, 0.85, 0.92), (0.86, 0.88, 0.92), (0.72, 0.8, 0.9), (0.9, 0.9, 0.92)),
-    CAR: ((0.08, 0.08, 0.1), (0.55, 0.56, 0.58), (0.82, 0.82, 0.84), (0.15, 0.2, 0.35), (0.45, 0.1, 0.1), (0.3, 0.32, 0.3)),
-    POLE: ((0.4, 0.41, 0.43), (0.35, 0.36, 0.38)),
-    SIGN: ((0.85, 0.78, 0.3), (0.75, 0.25, 0.2), (0.2, 0.35, 0.7)),
-    PERSON: ((0.15, 0.15, 0.18), (0.35, 0.3, 0.28), (0.25, 0.3, 0.45), (0.5, 0.45, 0.4), (0.55, 0.2, 0.2)),
+    CAR: ((0.08, 0.08, 0.1), (0.55, 0.56, 0.58), (0.82, 0.82, 0.84), (0.15, 0.2, 0.35), (0.45, 0.1, 0.1), (0.3,) * 3),
+    POLE: ((0.5, 0.5, 0.52), (0.45, 0.46, 0.48)),
+    SIGN: ((0.9, 0.8, 0.25), (0.8, 0.2, 0.15), (0.2, 0.35, 0.75)),
+    PERSON: ((0.15, 0.15, 0.18), (0.5, 0.35, 0.3), (0.25, 0.3, 0.55), (0.6, 0.55, 0.45), (0.65, 0.2, 0.2)),
 }
 
 # colour_swap=True: classes whose target colours mimic another class's source colours.
@@ -402,11 +413,11 @@ _TARGET_SWAPS: dict[int, tuple[RGB, ...]] = {
 
 SOURCE_LOOK = Look(
     palette=_SOURCE_PALETTE, jitter=0.04, saturation=1.15, tint=(1.0, 1.0, 1.0), contrast=1.1,
-    exposure=(0.85, 1.15), shadow=0.45, vignette=0.0, sky_gradient=0.25, haze=0.1, texture=0.03, blur=0.0, noise=0.0,
+    exposure=(0.85, 1.15), shadow=0.45, vignette=0.0, sky_gradient=0.12, haze=0.1, texture=0.03, blur=0.0, noise=0.0,
 )  # fmt: skip
 TARGET_LOOK = Look(
     palette=_TARGET_PALETTE, jitter=0.05, saturation=0.85, tint=(0.96, 1.0, 0.98), contrast=0.95,
-    exposure=(0.75, 1.05), shadow=0.1, vignette=0.2, sky_gradient=0.12, haze=0.15, texture=0.06, blur=0.45, noise=0.012,
+    exposure=(0.75, 1.05), shadow=0.1, vignette=0.2, sky_gradient=0.12, haze=0.15, texture=0.06, blur=0.35, noise=0.012,
 )  # fmt: skip
 
 # Surface texture amplitude per class, relative to Look.texture (vegetation is leafy, the sky smooth).
@@ -421,7 +432,7 @@ def appearance(rendering_gap: float = 1.0, colour_swap: bool = True) -> tuple[Lo
 
     ``rendering_gap`` in [0, 1] blends every numeric setting and palette colour of the target from the source's
     (0: the target renders like the source) to :data:`TARGET_LOOK` (1). ``colour_swap`` gives the target its
-    confusing colours (brick sidewalks, concrete buildings, green grass, dark foliage) at full strength.
+    confusing colours (brick sidewalks, green grass, dark foliage) at full strength, whatever ``rendering_gap``.
     """
     if not 0.0 <= rendering_gap <= 1.0:
         raise DasgenError(f"toy rendering_gap must be in [0, 1], got {rendering_gap}")
@@ -457,7 +468,7 @@ def render(scene: Scene, look: Look, rng: np.random.Generator) -> np.ndarray:
     for part, colour in _PART_COLOUR.items():
         image[scene.part == part] = colour
     glass = (scene.part == GLASS) & (scene.label == BUILDING)
-    image[glass] = 0.55 * colours[scene.inst[glass]] * 0.5 + 0.45 * np.asarray(_PART_COLOUR[GLASS])
+    image[glass] = 0.275 * colours[scene.inst[glass]] + 0.45 * np.asarray(_PART_COLOUR[GLASS])  # tinted windows
 
     # Sky brightens towards the horizon.
     sky = scene.label == SKY
@@ -518,19 +529,27 @@ def toy_sample(
     """
     if domain not in ("source", "target"):
         raise DasgenError(f"toy domain must be 'source' or 'target', got {domain!r}")
+    _check_size(height, width)
+    source_look, target_look = appearance(rendering_gap, colour_swap)
+    return _sample(source_look if domain == "source" else target_look, domain, split, index, seed, height, width)
+
+
+def _check_size(height: int, width: int) -> None:
     if height < 8 or width < 8:
         raise DasgenError(f"toy height and width must be at least 8 pixels, got {height}x{width}")
-    source_look, target_look = appearance(rendering_gap, colour_swap)
+
+
+def _sample(look: Look, domain: str, split: str, index: int, seed: int, height: int, width: int):  # noqa: ANN202
     layout_rng, render_rng = sample_rngs(seed, domain, split, index)
     scene = make_scene(layout_rng, height, width)
-    image = render(scene, source_look if domain == "source" else target_look, render_rng)
-    return image, scene.label.copy()
+    return render(scene, look, render_rng), scene.label
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Writing the two datasets
 # ----------------------------------------------------------------------------------------------------------------
 def _png(image: Image.Image) -> bytes:
+    """PNG bytes with no metadata (so the same pixels give the same bytes)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
@@ -594,21 +613,23 @@ def generate_toy(
             raise DasgenError(f"toy {name} must be >= 0, got {count}")
     if n_source > 99999:
         raise DasgenError(f"toy n_source must be <= 99999 (GTA5 names are 5 digits), got {n_source}")
+    _check_size(height, width)
+    source_look, target_look = appearance(rendering_gap, colour_swap)
     out_dir = Path(out_dir)
-    knobs = {"seed": seed, "height": height, "width": width, "rendering_gap": rendering_gap, "colour_swap": colour_swap}
     written: set[Path] = set()
     src = out_dir / "source"
     for i in _progress(range(n_source), progress, "toy source"):
-        image, label = toy_sample("source", "train", i, **knobs)
+        image, label = _sample(source_look, "source", "train", i, seed, height, width)
         _write(src / "images" / f"{i + 1:05d}.png", _png(Image.fromarray(image)), written)
         _write(src / "labels" / f"{i + 1:05d}.png", _label_png(label), written)
 
     tgt = out_dir / "target"
     for split, count in (("train", n_target_train), ("val", n_target_val)):
         for i in _progress(range(count), progress, f"toy target {split}"):
-            image, label = toy_sample("target", split, i, **knobs)
+            image, label = _sample(target_look, "target", split, i, seed, height, width)
             stem = f"{CITY}_000000_{i:06d}"
-            _write(tgt / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png", _png(Image.fromarray(image)), written)
+            rgb = tgt / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png"
+            _write(rgb, _png(Image.fromarray(image)), written)
             if split == "val":
                 gt = tgt / "gtFine" / split / CITY
                 _write(gt / f"{stem}_gtFine_labelIds.png", _png(Image.fromarray(label)), written)

@@ -18,7 +18,7 @@ import torch
 from diffusers import UNet2DModel
 
 from dasgen.errors import CheckpointError
-from dasgen.store.atomic import sha256_file
+from dasgen.store.atomic import fsync_dir, sha256_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -32,11 +32,13 @@ def build_unet(
     attention_levels: Sequence[bool] = (False, False, True),  # attention only at the coarsest level, as DDPM (16x16)
     norm_num_groups: int = 8,  # 32 groups (DDPM) would not divide 32 channels into useful groups
     dropout: float = 0.0,  # DDPM used 0.1 on CIFAR-10; off so toy runs converge fast and stay deterministic
+    seed: int | None = None,
 ) -> UNet2DModel:
     """A DDPM-style UNet (ResNet blocks, sinusoidal time embedding, attention at chosen levels) predicting eps.
 
     ``sample_size`` is (H, W); rectangles are fine. Each level but the last halves the resolution, so H and W must be
-    divisible by ``2 ** (len(block_out_channels) - 1)``.
+    divisible by ``2 ** (len(block_out_channels) - 1)``. With ``seed`` the initial weights are drawn from it (the global
+    RNG is forked and left as it was), so two trainings from scratch start from, and end with, the same weights.
     """
     if len(attention_levels) != len(block_out_channels):
         raise ValueError(
@@ -49,29 +51,20 @@ def build_unet(
         raise ValueError(f"sample_size {height}x{width} must be divisible by {factor} for {levels} levels")
     down = tuple("AttnDownBlock2D" if attn else "DownBlock2D" for attn in attention_levels)
     up = tuple("AttnUpBlock2D" if attn else "UpBlock2D" for attn in reversed(attention_levels))
-    return UNet2DModel(
-        sample_size=(height, width),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=down,
-        up_block_types=up,
-        block_out_channels=tuple(int(c) for c in block_out_channels),
-        layers_per_block=layers_per_block,
-        norm_num_groups=norm_num_groups,
-        dropout=dropout,
-    )
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory so a rename inside it survives a crash (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: seed a private copy of it
+        if seed is not None:
+            torch.manual_seed(seed)
+        return UNet2DModel(
+            sample_size=(height, width),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=down,
+            up_block_types=up,
+            block_out_channels=tuple(int(c) for c in block_out_channels),
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            dropout=dropout,
+        )
 
 
 def save_denoiser(unet: UNet2DModel, directory: Path) -> str:
@@ -94,7 +87,7 @@ def save_denoiser(unet: UNet2DModel, directory: Path) -> str:
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
             os.replace(directory, old / "model")
         os.replace(staging, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

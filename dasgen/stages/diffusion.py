@@ -16,9 +16,13 @@ from rich.console import Console
 from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.train import train_ddpm
+from dasgen.diffusion.training_state import STATE_JSON
 from dasgen.diffusion.unet import build_unet, load_denoiser, save_denoiser
+from dasgen.errors import ConfigError
+from dasgen.seeding import image_seed
 from dasgen.stages.common import base_schedule, resolve_device, target_reader, write_json
 from dasgen.stages.workspace import Workspace
+from dasgen.store.atomic import atomic_write_bytes
 
 
 def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
@@ -45,9 +49,13 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
         images, _ = pair_sampler(generator)
         return images[:batch_size].to(device)
 
-    unet = build_unet(sample_size=tuple(config.data.resolution), block_out_channels=d.unet.block_out_channels,
-                      layers_per_block=d.unet.layers_per_block, attention_levels=d.unet.attention_levels,
-                      norm_num_groups=d.unet.norm_num_groups, dropout=d.unet.dropout).to(device)
+    try:
+        unet = build_unet(sample_size=tuple(config.data.resolution), block_out_channels=d.unet.block_out_channels,
+                          layers_per_block=d.unet.layers_per_block, attention_levels=d.unet.attention_levels,
+                          norm_num_groups=d.unet.norm_num_groups, dropout=d.unet.dropout,
+                          seed=image_seed(config.run.seed, 0, "unet-init")).to(device)
+    except ValueError as error:  # sizes that do not fit the U-Net's levels or groups: a params problem
+        raise ConfigError(f"params: data.resolution / diffusion.unet: {error}") from error
     log_path = ws.diffusion_state / "loss.csv"
     result = train_ddpm(unet, sample_batch, base_schedule(config), steps=d.train.steps,
                         batch_size=d.train.batch_size, lr=d.train.lr, adam_betas=tuple(d.train.adam_betas),
@@ -55,7 +63,7 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
                         checkpoint_every=d.train.checkpoint_every, log_path=log_path, progress=progress)
     sha = save_denoiser(result.model, ws.diffusion_model)
     ws.metrics.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(log_path, ws.metrics / "diffusion_loss.csv")
+    atomic_write_bytes(ws.metrics / "diffusion_loss.csv", log_path.read_bytes())  # never a torn copy
     losses = list(result.losses)
     tail = losses[-max(1, len(losses) // 10):] if losses else []
     metrics = {
@@ -66,6 +74,8 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
         "wall_s": round(time.time() - started, 1),
     }
     write_json(ws.metrics / "diffusion.json", metrics)
+    # The commit marker goes first: a kill while deleting leaves no state that names missing tensors.
+    (ws.diffusion_state / STATE_JSON).unlink(missing_ok=True)
     shutil.rmtree(ws.diffusion_state, ignore_errors=True)
     console.print(f"diffusion: done, final loss {metrics['final_loss']}")
     return metrics

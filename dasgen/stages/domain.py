@@ -9,7 +9,9 @@ translates every usable source image -- the dataset users export. The stage is r
 * images are translated in fixed batches of the sorted id list, so an image's computation never depends on which
   other images are pending, on a resume, or on the number of ranks;
 * every finished image is written atomically and journalled; a re-run skips finished batches;
-* with torchrun, batch b goes to rank b % K and rank 0 merges the journals, fine-tunes g_n and finalises;
+* with torchrun, pending batch b goes to rank b % K; every rank then fine-tunes g_n data-parallel on its share of each
+  batch (DistributedDataParallel, same batches as one process), and rank 0 merges the journals and finalises.
+  The images and ``index.parquet`` are byte-identical for any K; g_n equals the one-process g_n to float rounding;
 * a fingerprint of everything the images depend on guards against resuming a run made with other params.
 """
 
@@ -32,20 +34,22 @@ from dasgen.config import Config, domain_noise_levels
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.unet import load_denoiser, make_eps_fn
-from dasgen.errors import DasgenError
+from dasgen.errors import CheckpointError, DasgenError
 from dasgen.guidance.arrangement import guidance_plan
-from dasgen.guidance.sampler import Guidance, translate
+from dasgen.guidance.sampler import Guidance, autocast_denoiser, translate
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune
 from dasgen.stages.common import domain_chain, load_source_pairs, resolve_device, source_reader, write_json
-from dasgen.stages.distributed import DistContext
+from dasgen.stages.distributed import DistContext, data_parallel_segmenter
 from dasgen.stages.g0 import augment_settings
 from dasgen.stages.segmenters import score_on_target, target_val_store
 from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import sha256_file
 from dasgen.store.domain import DomainWriter, ImageRecord
+from dasgen.store.journal import JOURNAL_DIR
+from dasgen.store.schema import STAGING_DIR
 
 FINGERPRINT_FILE = ".fingerprint.json"
 
@@ -94,21 +98,32 @@ def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
     for key in ("translate_batch_size", "domains_per_stage"):
         ptl.pop(key)
     d = config.to_dict()
+    writer_of_g = "dasgen train-g0" if n == 1 else f"dasgen translate --domain {n - 1}"
     return {
         "n": n,
         "params": {"ptl": ptl, "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
                    "source": d["data"]["source"],
                    "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
-        "diffusion_sha256": sha256_file(ws.diffusion_model / "diffusion_pytorch_model.safetensors"),
-        "segmenter_in_sha256": sha256_file(ws.segmenter_path(n - 1, config.ptl.N)),
+        "diffusion_sha256": sha256_file(_required(ws.diffusion_model / "diffusion_pytorch_model.safetensors",
+                                                  "dasgen train-diffusion")),
+        "segmenter_in_sha256": sha256_file(_required(ws.segmenter_path(n - 1, config.ptl.N), writer_of_g)),
     }
+
+
+def _required(path: Path, stage: str) -> Path:
+    """``path`` if it exists, else a one-line CheckpointError saying which command writes it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (run `{stage}` first)")
+    return path
 
 
 def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: Console) -> bool:
     """Returns True when the domain is already complete with this fingerprint; clears a stale partial run."""
     marker = out / FINGERPRINT_FILE
     if marker.is_file() and json.loads(marker.read_text()) == fingerprint:
-        return (out / "index.parquet").is_file() and (out / "metrics.json").is_file()
+        # complete = finalize ran to its end: its files exist and its clean-up left no journal, staging or trash
+        return (all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json"))
+                and not any((out / name).exists() for name in (JOURNAL_DIR, STAGING_DIR, ".trash")))
     if ctx.is_main:
         if out.exists():
             console.print(f"[yellow]{out}: made with other params or inputs; starting this domain afresh[/]")
@@ -129,6 +144,8 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
     """Translate this rank's pending batches of ``plan.ids`` into ``writer``; returns the number of images written."""
     unet = load_denoiser(ws.diffusion_model, device=device)
     eps_fn = make_eps_fn(unet)
+    if getattr(config.ptl, "unet_bf16", False):  # deviation, off by default: eps_theta under bf16 autocast
+        eps_fn = autocast_denoiser(eps_fn, torch.bfloat16)
     g_prev = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
                             expect_arch=config.segmenter.arch, expect_classes=19)
     g_prev.eval().requires_grad_(False)
@@ -139,9 +156,13 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
         guidance = Guidance(segmenter=g_prev, scale=config.sgg.lambda_, plan=steps_plan,
                             max_copies_per_pass=config.sgg.max_copies_per_pass)
     done = writer.done_ids()
+    ctx.barrier()  # every rank has read the same finished set before any rank writes
     size = config.ptl.translate_batch_size
     batches = [plan.ids[i:i + size] for i in range(0, len(plan.ids), size)]
-    mine = [b for k, b in enumerate(batches) if k % ctx.world_size == ctx.rank and not set(b) <= done]
+    pending = [b for b in batches if not set(b) <= done]
+    # Pending batches dealt round-robin (batch b -> rank b % K on a fresh run): a resume rebalances the ranks, so
+    # no rank idles at the barrier for hours. A batch's content is fixed, so which rank runs it never shows.
+    mine = pending[ctx.rank::ctx.world_size]
     todo = sum(len(b) for b in mine)
     written, started = 0, time.time()
     with _progress(console, progress and ctx.is_main) as bar:
@@ -171,18 +192,25 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
 
 
 def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
-                       device: torch.device, progress: bool):
-    """Eq. 12: g_{n-1} -> g_n on (X^n, Y^S) plus (X^S, Y^S) unless ``ptl.finetune.use_src_loss`` is false."""
+                       device: torch.device, progress: bool, ctx: DistContext = DistContext()):
+    """Eq. 12: g_{n-1} -> g_n on (X^n, Y^S) plus (X^S, Y^S) unless ``ptl.finetune.use_src_loss`` is false.
+
+    Under torchrun every rank calls it: the batches are split over the ranks by
+    :func:`~dasgen.stages.distributed.data_parallel_segmenter` (same batches, same maths as one process).
+    """
     ft = config.ptl.finetune
     model = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
                            expect_arch=config.segmenter.arch, expect_classes=19)
-    translated = {image_id: writer.read_image(image_id) for image_id in plan.ids}
+    trained = data_parallel_segmenter(model, ctx, batch_size=ft.batch_size, device=device)
+    if trained is None:  # a rank beyond the batch size sits the fine-tune out
+        return model, {}
     source_sampler = store.sampler(ft.batch_size)
 
     def sample_adapted(generator):
         picks = torch.randint(len(plan.ids), (ft.batch_size,), generator=generator).tolist()
         ids = [plan.ids[i] for i in picks]
-        x = torch.stack([to_model_tensor(translated[i]) for i in ids])
+        # read on demand: the last domain holds every source image, too many to keep decoded on every rank
+        x = torch.stack([to_model_tensor(writer.read_image(i)) for i in ids])
         _, y = store.batch(ids)
         flip = torch.rand(ft.batch_size, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -194,7 +222,7 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
         return x.to(device), y.to(device)
 
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, plan.n, "finetune"))
-    losses = finetune(model, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters, lr=ft.lr,
+    losses = finetune(trained, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters, lr=ft.lr,
                       momentum=ft.momentum, optimizer=ft.optimizer, augment=augment_settings(config, ft.aug_fraction),
                       generator=generator, progress=progress)
     model.eval()
@@ -215,17 +243,22 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     fingerprint = domain_fingerprint(config, n, ws)
     if _prepare_directory(out, fingerprint, ctx, console):
         console.print(f"domain {n}: already complete, nothing to do")
-        return json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        if ctx.is_main and not ws.domain_metrics(n, config.ptl.N).is_file():  # killed just before writing it
+            write_json(ws.domain_metrics(n, config.ptl.N),
+                       {k: v for k, v in metrics.items() if k != "target_per_class"})
+        return metrics
     store = PairStore(source_reader(config, ws.root), entries, config.data.resolution)
     writer = DomainWriter(out, image_format=config.ptl.image_format, rank=ctx.rank, world_size=ctx.world_size)
     written = translate_images(config, ws, plan, store, writer, ctx, device, console, progress)
     writer.close()
     ctx.barrier()
-    if not ctx.is_main:
-        return {}
     translate_s = time.time() - started
-    writer = DomainWriter(out, image_format=config.ptl.image_format, rank=0, world_size=ctx.world_size)
-    model, losses = finetune_segmenter(config, ws, plan, store, writer, device, progress)
+    writer = DomainWriter(out, image_format=config.ptl.image_format, rank=ctx.rank, world_size=ctx.world_size)
+    model, losses = finetune_segmenter(config, ws, plan, store, writer, device, progress and ctx.is_main, ctx)
+    if not ctx.is_main:
+        ctx.barrier()  # rank 0 writes g_n and finalises; the next domain of a --domains range needs g_n
+        return {}
     sha_out = save_segmenter(model, out / "segmenter.safetensors", meta={"domain": n, "t": plan.t})
     target = score_on_target(model, config, device, target_val_store(config, ws.root))
     consistencies = writer.consistencies()
@@ -257,4 +290,5 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     console.print(f"domain {n}/{config.ptl.N}: t={plan.t}, {len(plan.ids)} images, consistency "
                   f"{metrics['consistency']:.3f}, g_{n} target mIoU "
                   f"{'n/a' if target is None else format(target['miou'], '.3f')}, {metrics['wall_s']} s")
+    ctx.barrier()  # release the other ranks only once g_n and the artifact are on disk
     return metrics

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dasgen.config import Config
+from dasgen.stages.costs import estimate_cost, render_estimate
 from dasgen.stages.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
 from dasgen.stages.workspace import Workspace
 
@@ -27,6 +28,7 @@ def plan_report(config: Config, ws: Workspace) -> dict:
         "source_scanned": measured,
         "domains": [c.__dict__ for c in costs],
         "totals": plan_totals(config, costs, classes),
+        "estimate": estimate_cost(config, costs, classes),
         "deviations": deviations(config),
     }
 
@@ -39,6 +41,8 @@ def deviations(config: Config) -> list[str]:
     if config.ptl.N != config.ptl.t_final:
         notes.append(f"domain schedule: N = {config.ptl.N} domains up to t_N = {config.ptl.t_final} "
                      f"(paper: N = t_N = 600, t_n = n)")
+    if getattr(config.ptl, "unet_bf16", False):
+        notes.append("U-Net forward under bf16 autocast (ptl.unet_bf16; paper: float32)")
     if config.sgg.lambda_ != 80.0:
         notes.append(f"guidance scale lambda = {config.sgg.lambda_} (paper: 80)")
     if (config.diffusion.num_train_timesteps, config.diffusion.beta_start, config.diffusion.beta_end) != (1000, 1e-4, 0.02):
@@ -70,6 +74,9 @@ def render_plan(report: dict, max_rows: int = 12) -> str:
     if not report["source_scanned"]:
         console.print("(source not scanned yet: image count from toy.n_source, "
                       f"{ASSUMED_CLASSES_PER_IMAGE} classes per image assumed)")
+    if "estimate" in report:
+        for line in render_estimate(report["estimate"]):
+            console.print(line, highlight=False)
     for note in report["deviations"]:
         console.print(f"deviation from the paper: {note}")
     return buffer.getvalue()

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from dasgen.config import Config
 from dasgen.datasets.pairs import scan_pairs
+from dasgen.errors import DatasetError
 from dasgen.labels import IGNORE_INDEX, id_to_train_id
 from dasgen.stages.common import source_reader, write_json
 from dasgen.stages.workspace import Workspace
@@ -24,7 +26,9 @@ def run_scan(config: Config, ws: Workspace, *, console: Console | None = None) -
     console = console or Console(stderr=True)
 
     def report(bad) -> None:
-        console.print(f"[yellow]skipped[/] {bad.id}: {bad.reason}")
+        where = f" ({bad.file})" if bad.file else ""
+        console.print(f"[yellow]skipped[/] {escape(bad.id)}{escape(where)}: {escape(bad.reason)}", highlight=False,
+                      soft_wrap=True)
 
     class_counts: list[int] = []
 
@@ -33,6 +37,9 @@ def run_scan(config: Config, ws: Workspace, *, console: Console | None = None) -
         class_counts.append(int((ids != IGNORE_INDEX).sum()))
 
     entries, bad = scan_pairs(reader, policy=config.data.bad_pairs, on_bad=report, on_sample=count_classes)
+    if not entries:  # every later stage would fail on an empty source; say so here, naming the first reason
+        raise DatasetError(f"{reader.root}: no usable source pairs, all {len(bad)} skipped "
+                           f"(first: {bad[0].id}: {bad[0].reason})" if bad else f"{reader.root}: no source pairs")
     record = {
         "kind": config.data.source.kind,
         "root": config.data.source.root,

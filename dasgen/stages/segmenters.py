@@ -9,6 +9,7 @@ import torch
 
 from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
+from dasgen.seeding import image_seed
 from dasgen.segment.checkpoint import load_initial_weights
 from dasgen.segment.metrics import evaluate
 from dasgen.segment.models import Segmenter, build_segmenter
@@ -16,10 +17,13 @@ from dasgen.stages.common import target_reader
 
 
 def new_segmenter(config: Config, root: Path = Path(".")) -> Segmenter:
-    """A fresh g from ``params.yaml: segmenter`` (with the user's local initial weights when given)."""
+    """A fresh g from ``params.yaml: segmenter`` (with the user's local initial weights when given); its random
+    initial weights come from ``run.seed``, so g_0 trains to the same weights on every run."""
     s = config.segmenter
-    model = build_segmenter(s.arch, num_classes=19, width=s.width,
-                            input_size=tuple(s.input_size) if s.input_size else None)
+    with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: seed a private copy of it
+        torch.manual_seed(image_seed(config.run.seed, 0, "segmenter-init"))
+        model = build_segmenter(s.arch, num_classes=19, width=s.width,
+                                input_size=tuple(s.input_size) if s.input_size else None)
     if s.weights:
         load_initial_weights(model, root / s.weights)
     return model

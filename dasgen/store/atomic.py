@@ -38,7 +38,7 @@ def _write_error(path: Path, error: OSError) -> DasgenError:
     return DasgenError(f"cannot write {path}: {reason}")
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be opened (Windows)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -84,7 +84,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool =
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
         if fsync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except BaseException as error:
         try:
             os.unlink(tmp)

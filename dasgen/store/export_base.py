@@ -8,6 +8,7 @@ Items are produced one at a time from the domain's index order, so an export nev
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,9 +32,9 @@ from rich.progress import (
 from rich.text import Text
 
 from dasgen.errors import DasgenError
-from dasgen.store.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from dasgen.store.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
 from dasgen.store.domain_read import iter_domain_pngs
-from dasgen.store.paths import relpath_posix
+from dasgen.store.paths import is_safe_relpath, relpath_posix, resolve_inside
 from dasgen.store.png import check_label, decode_png, encode_png
 
 LabelLoader = Callable[[dict[str, Any]], np.ndarray]
@@ -84,7 +85,15 @@ def passes_gate(consistency: float | None, min_consistency: float | None) -> boo
 
 
 def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> ExportPlan:
-    """Apply the quality gate to the index rows; DasgenError when nothing is left to export."""
+    """Apply the quality gate to the index rows; DasgenError when nothing is left to export.
+
+    Each row's split becomes a folder name in the export, so a split that is not one plain path component (``..``,
+    ``a/b``, an absolute path: an index from a stranger) is refused before anything is written.
+    """
+    for row in rows:
+        if "/" in str(row["split"]) or not is_safe_relpath(str(row["split"])):
+            raise DasgenError(f"domain index: image {row['id']!r} has split {row['split']!r}, which cannot name a "
+                              "folder inside the export (one plain name expected)")
     kept = [row for row in rows if passes_gate(row["consistency"], min_consistency)]
     if not kept:
         raise DasgenError(
@@ -120,8 +129,13 @@ class ExportItem:
 
     @cached_property
     def image(self) -> np.ndarray:
-        """uint8 (height, width, 3) pixels at the output size."""
-        pixels = decode_png(self._png, mode="RGB", what=f"image {self.row['id']}")
+        """uint8 (height, width, 3) pixels at the output size (a PNG claiming more pixels than Pillow's guard allows,
+        e.g. in a domain from a stranger, is a DasgenError)."""
+        try:
+            pixels = decode_png(self._png, mode="RGB", what=f"image {self.row['id']}")
+        except Image.DecompressionBombError as error:
+            raise DasgenError(f"image {self.row['id']} ({self.row['image']}): refused by the decompression-bomb "
+                              f"guard ({error})") from error
         return resize_image(pixels, self.size)
 
     @cached_property
@@ -167,12 +181,12 @@ class FileRecord:
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
         """Write a file atomically (no fsync: the manifest, written last with fsync, marks completion)."""
-        atomic_write_bytes(self.root / relpath, data, fsync=False)
+        atomic_write_bytes(resolve_inside(self.root, relpath), data, fsync=False)
         self.files[relpath] = sha256_bytes(data)
 
     def write_text(self, relpath: str, text: str) -> None:
         """Write a UTF-8 text file atomically and record it."""
-        atomic_write_text(self.root / relpath, text, fsync=False)
+        atomic_write_text(resolve_inside(self.root, relpath), text, fsync=False)
         self.files[relpath] = sha256_bytes(text.encode("utf-8"))
 
     def add_existing(self, path: Path) -> None:
@@ -180,11 +194,18 @@ class FileRecord:
         self.files[relpath_posix(path, self.root)] = sha256_file(path)
 
 
-def prepare_out_dir(out_dir: Path, *, force: bool, protect: Path) -> None:
-    """Create ``out_dir``; a non-empty one is refused unless ``force``, which empties it first.
+IN_PROGRESS_FILE = ".dasgen-export-incomplete"
+"""Written first into an export directory and turned into ``manifest.json`` by the last rename: while it exists the
+directory holds an unfinished export of ours, which the same command may empty and redo without ``--force``."""
 
-    Even with ``force``, a directory that is, or contains, ``protect`` (the domain being exported), the filesystem
-    root or the home directory is never emptied.
+
+def prepare_out_dir(out_dir: Path, *, force: bool, protect: Path) -> None:
+    """Create ``out_dir`` and mark it unfinished (:data:`IN_PROGRESS_FILE`).
+
+    A non-empty ``out_dir`` is refused unless ``force``, or unless it holds the marker of an export that was killed or
+    failed (rerunning the command restarts that export: no ``--force`` needed). Either way it is emptied first,
+    marker last, so a kill while emptying leaves it still resumable. Even with ``force``, a directory that is, or
+    contains, ``protect`` (the domain being exported), the filesystem root or the home directory is never emptied.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise DasgenError(f"output {out_dir} exists and is not a directory")
@@ -192,11 +213,12 @@ def prepare_out_dir(out_dir: Path, *, force: bool, protect: Path) -> None:
     if real == guarded or guarded in real.parents:
         raise DasgenError(f"output directory {out_dir} is inside the domain {protect}; choose another one")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not force:
+        unfinished = (out_dir / IN_PROGRESS_FILE).is_file()
+        if not force and not unfinished:
             raise DasgenError(f"output directory {out_dir} is not empty; use force (--force) to overwrite it")
         if real == guarded or real in guarded.parents or real == Path(real.anchor) or real == Path.home().resolve():
             raise DasgenError(f"refusing to empty {out_dir}: it holds the domain being exported or is a system dir")
-        for child in out_dir.iterdir():
+        for child in sorted(out_dir.iterdir(), key=lambda c: c.name == IN_PROGRESS_FILE):  # the marker last
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
@@ -205,6 +227,28 @@ def prepare_out_dir(out_dir: Path, *, force: bool, protect: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DasgenError(f"cannot create output directory {out_dir}: {error.strerror or error}") from error
+    atomic_write_text(out_dir / IN_PROGRESS_FILE, "unfinished dasgen export: rerun the same command to redo it\n")
+
+
+def finish_out_dir(out_dir: Path, manifest_name: str, text: str) -> None:
+    """Write the manifest and drop the in-progress marker in one step: the marker's file receives the manifest's
+    text (fsync) and is renamed to ``manifest_name``, so the directory is always either marked or complete."""
+    marker = out_dir / IN_PROGRESS_FILE
+    atomic_write_text(marker, text)
+    try:
+        os.replace(marker, out_dir / manifest_name)
+    except OSError as error:
+        raise DasgenError(f"cannot write {out_dir / manifest_name}: {error.strerror or error}") from error
+    fsync_dir(out_dir)
+
+
+def drop_marker_if_alone(out_dir: Path) -> None:
+    """After a failed export that left nothing but its marker, remove the marker (an empty directory is fresh)."""
+    try:
+        if [child.name for child in out_dir.iterdir()] == [IN_PROGRESS_FILE]:
+            (out_dir / IN_PROGRESS_FILE).unlink()
+    except OSError:
+        pass
 
 
 class _RateColumn(ProgressColumn):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dasgen.errors import DasgenError
-from dasgen.store.atomic import atomic_write_json, sha256_file
+from dasgen.store.atomic import dumps_json, sha256_file
 from dasgen.store.card import CARD_FILE, MANIFEST_FILE, build_manifest, card_markdown, card_yaml
 from dasgen.store.domain_read import index_image_format, read_index, read_provenance
 from dasgen.store.export_cityscapes import CityscapesExporter, city_name
@@ -22,6 +22,8 @@ from dasgen.store.export_base import (
     FileRecord,
     LabelLoader,
     SizeLoader,
+    drop_marker_if_alone,
+    finish_out_dir,
     iter_items,
     make_plan,
     prepare_out_dir,
@@ -55,7 +57,8 @@ def export_domain(
 
     ``size``: ``"translation"`` (the domain's resolution) or ``"source"`` (each source image's resolution, from
     ``source_size_loader`` or else the label's shape). ``min_consistency`` leaves out rows scoring below it (NaN
-    fails). ``force`` empties a non-empty ``out_dir`` (otherwise refused). ``shard_size``: rows per Parquet shard.
+    fails). ``force`` empties a non-empty ``out_dir`` (otherwise refused, except an unfinished export of this
+    tool, which a rerun redoes: see ``prepare_out_dir``). ``shard_size``: rows per Parquet shard.
     ``license``/``license_note``: the source dataset's terms for the card. ``city``: Cityscapes city name
     (default: the source kind from the provenance).
     """
@@ -88,6 +91,7 @@ def export_domain(
                 advance()
     except BaseException:
         exporter.abort()  # no half-written shard or HDF5 file is left under a temp name; no manifest is written
+        drop_marker_if_alone(out_dir)  # else the marker stays: rerunning the command redoes the export
         raise
     extra = exporter.close()
 
@@ -121,7 +125,7 @@ def export_domain(
     manifest = build_manifest(
         fmt=fmt, plan=plan, domain=domain, provenance=provenance, options=options, files=files.files
     )
-    atomic_write_json(out_dir / MANIFEST_FILE, manifest)  # last, with fsync: marks the export complete
+    finish_out_dir(out_dir, MANIFEST_FILE, dumps_json(manifest))  # last, fsync, replaces the in-progress marker
     seconds = time.perf_counter() - started
     return {
         "format": fmt,

@@ -1,0 +1,138 @@
+"""Reports of an ablation: ``ablation.csv`` (one row per seed x row), ``ablation.json`` and ``ablation.md``.
+
+Rows: g_0 alone (source only), every variant, the target-trained oracle. Per row: mean and sample std over seeds of
+the final segmenter's target mIoU and of the oracle-judged label consistency of the final images, and the paired
+difference to the first variant (``full``) over the seeds both have -- paired seeds make that difference far less
+noisy than the difference of the means.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+from pathlib import Path
+
+from dasgen.stages.ablate_spec import AblationSpec, Variant, params
+from dasgen.stages.common import write_json
+from dasgen.stages.workspace import Workspace
+from dasgen.store.atomic import atomic_write_text, sha256_file
+
+RESULT_FILE = "result.json"
+CSV_COLUMNS = ("seed", "variant", "label", "table", "paper_miou", "target_miou", "consistency",
+               "pipeline_consistency", "domains", "finetune_iters", "wall_s", "params_sha256")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _rows(spec: AblationSpec) -> list[Variant]:
+    return [spec.reference["source-only"], *spec.variants, spec.reference["oracle"]]
+
+
+def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
+    """Every finished run's row, and per row: mean and sample std over seeds, and the paired difference to ``full``
+    (the first variant) over the seeds both have."""
+    runs = []
+    for row in _rows(spec):
+        for seed in spec.seeds:
+            path = spec.out / f"seed-{seed}" / row.name / RESULT_FILE
+            if path.is_file():
+                result = json.loads(path.read_text())
+                runs.append({k: result.get(k) for k in CSV_COLUMNS} | {"label": row.label, "table": row.table,
+                                                                          "paper_miou": row.paper,
+                                                                          "curve": result.get("curve")})
+    reference_name = spec.variants[0].name
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    summary = []
+    for row in _rows(spec):
+        mine = [r for r in runs if r["variant"] == row.name]
+        miou, miou_sd = _mean_std([r["target_miou"] for r in mine])
+        cons, cons_sd = _mean_std([r["consistency"] for r in mine])
+        paired = [r["target_miou"] - by[(reference_name, r["seed"])]["target_miou"] for r in mine
+                  if (reference_name, r["seed"]) in by and row.name != reference_name]
+        delta, delta_sd = _mean_std(paired)
+        summary.append({"variant": row.name, "label": row.label, "table": row.table, "paper_miou": row.paper,
+                        "seeds": sorted(r["seed"] for r in mine), "target_miou": miou, "target_miou_std": miou_sd,
+                        "delta_vs_full": delta, "delta_vs_full_std": delta_sd, "consistency": cons,
+                        "consistency_std": cons_sd, "wall_s": round(sum(r["wall_s"] or 0 for r in mine), 1)})
+    shared = Workspace(spec.out / "shared")
+    model = shared.diffusion_model / "diffusion_pytorch_model.safetensors"
+    base = params(spec, spec.common)
+    roundtrip_path = shared.root / "ddpm-roundtrip.json"
+    roundtrip = json.loads(roundtrip_path.read_text()) if roundtrip_path.is_file() else None
+    if roundtrip:
+        roundtrip.pop("fingerprint", None)
+    return {"ddpm_roundtrip": roundtrip, "spec": os.path.relpath(spec.path), "spec_sha256": spec.sha256, "base_params": os.path.relpath(spec.base),
+            "base_params_sha256": base.sha256(), "command": command, "seeds": spec.seeds,
+            "diffusion_sha256": sha256_file(model) if model.is_file() else None, "reference_variant": reference_name,
+            "this_call_wall_s": round(wall_s, 1), "runs_wall_s": round(sum(r["wall_s"] or 0 for r in runs), 1),
+            "summary": summary, "runs": runs}
+
+
+def _cell(mean: float | None, std: float | None, *, signed: bool = False) -> str:
+    if mean is None:
+        return "--"
+    text = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    return text + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def render_markdown(report: dict) -> str:
+    """The ablation table (percent, mean ± sample std over seeds) beside the paper's GTA5 -> Cityscapes numbers."""
+    ref = report["reference_variant"]
+    lines = [
+        "| row | paper | paper mIoU (G→C) | toy target mIoU | Δ vs full (paired) | consistency (oracle) | seeds |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in report["summary"]:
+        paper = "--" if s["paper_miou"] is None else f"{s['paper_miou']:.1f}"
+        delta = "--" if s["variant"] == ref else _cell(s["delta_vs_full"], s["delta_vs_full_std"], signed=True)
+        lines.append(f"| {s['label']} | {s['table'] or '--'} | {paper} | {_cell(s['target_miou'], s['target_miou_std'])}"
+                     f" | {delta} | {_cell(s['consistency'], s['consistency_std'])} | {len(s['seeds'])} |")
+    minutes = report["runs_wall_s"] / 60
+    roundtrip = report.get("ddpm_roundtrip")
+    if roundtrip:
+        lines += ["", f"DDPM round trip (what any translation can keep at best): the oracle's mIoU on {roundtrip['images']}"
+                  f" real target val images is {_pct(roundtrip['clean'])} clean, "
+                  + ", ".join(f"{_pct(r['oracle_miou'])} after phi^{r['t']}" for r in roundtrip["levels"])
+                  + " (noised to t and denoised unguided on that domain's chain)."]
+    lines += [
+        "",
+        f"mIoU and consistency in percent, mean ± sample std over seeds {report['seeds']} (paired: every variant of "
+        "a seed shares g_0, per-image noise and domain samples). Δ vs full: mean of the per-seed differences to "
+        f"`{ref}`. Consistency: the target-trained oracle's mIoU on the final translated images X^N against the "
+        "source labels (source only: on the untranslated source images).",
+        "",
+        f"Produced by `{report['command']}` (spec `{report['spec']}` sha256 `{report['spec_sha256'][:12]}`, base "
+        f"params `{report['base_params']}` with the spec's overrides sha256 `{report['base_params_sha256'][:12]}`, "
+        f"shared DDPM sha256 `{(report['diffusion_sha256'] or 'n/a')[:12]}`); runs took {minutes:.0f} min of "
+        "wall time in all.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(spec: AblationSpec, report: dict) -> dict[str, Path]:
+    """``ablation.csv`` (one row per seed x row), ``ablation.json`` (everything) and ``ablation.md`` in results."""
+    spec.results.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for run in report["runs"]:
+        writer.writerow({k: ("" if run.get(k) is None else (round(run[k], 4) if isinstance(run[k], float) else run[k]))
+                         for k in CSV_COLUMNS})
+    paths = {"csv": spec.results / "ablation.csv", "json": spec.results / "ablation.json",
+             "md": spec.results / "ablation.md"}
+    atomic_write_text(paths["csv"], buffer.getvalue())
+    write_json(paths["json"], report)
+    atomic_write_text(paths["md"], render_markdown(report))
+    return paths

@@ -1,0 +1,184 @@
+"""The ablation spec (``ablation.yaml``): variants as params overrides on a base params file, paired seeds.
+
+Loaded strictly, like params.yaml: an unknown key, a bad type or a variant override that params.yaml would reject is a
+ConfigError naming the key, raised before anything runs. The base params file is read once, so a long ablation never
+sees a later edit of it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dasgen.config import Config, config_from_dict
+from dasgen.errors import ConfigError
+from dasgen.store.atomic import sha256_file
+
+REFERENCE_ROWS = ("source-only", "oracle")
+DEFAULT_LABELS = {"source-only": "Source only (g_0)", "oracle": "Target-trained oracle"}
+# Inputs every variant of a seed shares (toy, DDPM, g_0): a variant may not override them.
+SHARED_KEYS = ("toy.", "data.", "diffusion.", "segmenter.", "run.", "ptl.t_final")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: a name, the paper's label, table and G->C mIoU, and its params overrides."""
+
+    name: str
+    label: str
+    table: str | None
+    paper: float | None
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """``ablation.yaml``, parsed; relative paths are resolved against the spec file's directory."""
+
+    path: Path
+    base: Path
+    out: Path
+    results: Path
+    seeds: list[int]
+    common: dict[str, Any]
+    match_finetune_budget: bool
+    oracle_toy_seed: int
+    reference: dict[str, Variant]
+    variants: list[Variant]
+    sha256: str
+    base_data: dict  # the base params as read once by load_spec: a long run never sees a later edit of the file
+
+
+def _require(data: dict, key: str, kind: type, where: str) -> Any:
+    if key not in data:
+        raise ConfigError(f"{where}: missing key {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _row(name: str, data: Any, where: str, *, overrides: bool) -> Variant:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with label, table, paper{', set' if overrides else ''}")
+    allowed = {"label", "table", "paper"} | ({"set"} if overrides else set())
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (expected one of {', '.join(sorted(allowed))})")
+    paper = data.get("paper")
+    if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float))):
+        raise ConfigError(f"{where}.paper: expected a number or null, got {paper!r}")
+    sets = data.get("set") or {}
+    if not isinstance(sets, dict):
+        raise ConfigError(f"{where}.set: expected a mapping of dotted params keys, got {sets!r}")
+    for key in sets:
+        if str(key).startswith(SHARED_KEYS):
+            raise ConfigError(f"{where}.set.{key}: a variant cannot change an input every variant of a seed shares "
+                              "(toy, data, DDPM, segmenter, run, ptl.t_final); put it in the top-level `set`")
+    return Variant(name=name, label=str(data.get("label", DEFAULT_LABELS.get(name, name))), table=data.get("table"),
+                   paper=None if paper is None else float(paper), overrides=dict(sets))
+
+
+def load_spec(path: str | Path) -> AblationSpec:
+    """Read and check ``ablation.yaml``; every variant's params are validated here, before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: ablation spec not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML") from None
+    where = str(path)
+    known = {"base", "out", "results", "seeds", "set", "match_finetune_budget", "oracle", "reference", "variants"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: {unknown[0]}: unknown key")
+    here = path.parent
+    seeds = _require(data, "seeds", list, where)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or \
+            len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}.seeds: expected distinct non-negative integers, got {seeds!r}")
+    common = data.get("set") or {}
+    if not isinstance(common, dict):
+        raise ConfigError(f"{where}.set: expected a mapping of dotted params keys")
+    oracle = data.get("oracle") or {}
+    if not isinstance(oracle, dict) or set(oracle) - {"toy_seed"}:
+        raise ConfigError(f"{where}.oracle: expected a mapping with toy_seed")
+    variants_data = _require(data, "variants", dict, where)
+    if not variants_data:
+        raise ConfigError(f"{where}.variants: needs at least one variant")
+    variants = []
+    for name, row in variants_data.items():
+        if name in REFERENCE_ROWS or "/" in str(name) or str(name).startswith((".", "seed-")) or name == "shared":
+            raise ConfigError(f"{where}.variants.{name}: reserved or unusable name")
+        variants.append(_row(str(name), row, f"{where}.variants.{name}", overrides=True))
+    reference_data = data.get("reference") or {}
+    unknown_ref = sorted(set(reference_data) - set(REFERENCE_ROWS))
+    if unknown_ref:
+        raise ConfigError(f"{where}.reference.{unknown_ref[0]}: unknown row (expected {', '.join(REFERENCE_ROWS)})")
+    reference = {name: _row(name, reference_data.get(name, {}), f"{where}.reference.{name}", overrides=False)
+                 for name in REFERENCE_ROWS}
+    budget = data.get("match_finetune_budget", True)
+    if not isinstance(budget, bool):
+        raise ConfigError(f"{where}.match_finetune_budget: expected true or false, got {budget!r}")
+    toy_seed = oracle.get("toy_seed", 1000)
+    if isinstance(toy_seed, bool) or not isinstance(toy_seed, int) or toy_seed < 0:
+        raise ConfigError(f"{where}.oracle.toy_seed: expected a non-negative integer, got {toy_seed!r}")
+    spec = AblationSpec(
+        path=path, base=here / str(_require(data, "base", str, where)), out=here / str(data.get("out", "data/ablation")),
+        results=here / str(data.get("results", "docs/results")), seeds=list(seeds), common=dict(common),
+        match_finetune_budget=budget, oracle_toy_seed=toy_seed, reference=reference, variants=variants,
+        sha256=sha256_file(path), base_data=_read_base(here / str(data["base"])))
+    base = seed_config(spec, spec.seeds[0])
+    if base.toy.n_source < 1:
+        raise ConfigError(f"{where}: set: toy.n_source must be >= 1")
+    for variant in variants:
+        variant_config(spec, variant, spec.seeds[0])  # fail now on a bad override, not after an hour
+    return spec
+
+
+def _read_base(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (the ablation spec's base)")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML") from None
+
+
+def params(spec: AblationSpec, overrides: dict[str, Any]) -> Config:
+    """The base params (as read by :func:`load_spec`) with dotted-key ``overrides``, validated like params.yaml."""
+    data = copy.deepcopy(spec.base_data)
+    for dotted, value in overrides.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{spec.base}: {dotted}: cannot override inside a non-mapping")
+        node[last] = value
+    return config_from_dict(data, source=str(spec.base))
+
+
+def seed_config(spec: AblationSpec, seed: int) -> Config:
+    """The base params with the spec's shared overrides and ``run.seed = seed`` (what g_0 and the oracle use)."""
+    return params(spec, {**spec.common, "run.seed": seed})
+
+
+def variant_config(spec: AblationSpec, variant: Variant, seed: int) -> Config:
+    """The params of one (seed, variant) run. With ``match_finetune_budget``, a variant with fewer domains than the
+    base fine-tunes each for proportionally more iterations, so every variant gets the same total fine-tuning."""
+    overrides = {**spec.common, "run.seed": seed, **variant.overrides}
+    config = params(spec, overrides)
+    if spec.match_finetune_budget and "ptl.finetune.iters" not in variant.overrides:
+        base = seed_config(spec, seed)
+        if config.ptl.N != base.ptl.N:
+            total = base.ptl.N * base.ptl.finetune.iters
+            config = params(spec, {**overrides, "ptl.finetune.iters": round(total / config.ptl.N)})
+    return config
+
+
