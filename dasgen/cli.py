@@ -256,11 +256,16 @@ def evaluate(
 
 @app.command()
 @handles_errors
-def plan(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+def plan(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    source_images: Annotated[Optional[int], typer.Option("--source-images", min=1,
+                                                         help="Price this many source images (e.g. 24966 for GTA5) "
+                                                         "instead of the scanned count.")] = None,
+) -> None:
     """Print the PTL schedule (domains, noise levels, steps, images) and its cost before anything runs."""
     from dasgen.stages.plan_report import plan_report, render_plan
 
-    report = plan_report(State.config(), State.ws())
+    report = plan_report(State.config(), State.ws(), source_images=source_images)
     if as_json:
         print(json.dumps(report))
     else:

@@ -61,6 +61,8 @@ from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import sha256_file
 from dasgen.store.domain_read import iter_domain_images
 
+BLOWN_UP_FACTOR = 2.5  # an image rougher than 2.5x the real target photos counts as blown up into noise
+
 __all__ = ["AblationSpec", "Variant", "load_spec", "render_markdown", "run_ablation", "seed_config",
            "variant_config"]
 
@@ -188,6 +190,24 @@ def _source_pairs(store: PairStore) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield pair.image, pair.train_ids
 
 
+def roughness(image: np.ndarray) -> float:
+    """Mean absolute difference of horizontally adjacent pixels of a uint8 (H, W, 3) image, in uint8 units: about
+    12 for the toy target photos, far higher for the high-frequency adversarial noise an over-strong guidance step
+    paints (an image that fools g_{n-1} but shows nothing)."""
+    return float(np.abs(np.diff(image.astype(np.float32), axis=1)).mean())  # (H, W-1, 3) -> scalar
+
+
+def final_image_roughness(directory: Path, shared: Workspace, config: Config) -> dict:
+    """Roughness of a domain's images against the real target val images': the mean, and the fraction of images
+    rougher than ``BLOWN_UP_FACTOR`` x the target's mean (blown up into noise)."""
+    store = target_val_store(config, shared.root)
+    reference = float(np.mean([roughness(store.get(e.id).image) for e in store.entries])) if store else None
+    values = [roughness(image) for _, image in iter_domain_images(directory)]
+    return {"roughness": float(np.mean(values)), "target_roughness": reference,
+            "blown_up": None if reference is None else float(np.mean([v > BLOWN_UP_FACTOR * reference
+                                                                      for v in values]))}
+
+
 # -- per-seed inputs and reference rows ------------------------------------------------------------------------------
 
 
@@ -306,6 +326,9 @@ def run_variant(spec: AblationSpec, variant: Variant, seed: int, shared: Workspa
         cached = json.loads(result_path.read_text())
         if cached.get("fingerprint") == fingerprint:
             console.print(f"ablation: seed {seed} {variant.name}: already done")
+            if "blown_up" not in cached:  # a result written before the roughness measure existed
+                cached |= final_image_roughness(ws.domain_dir(config.ptl.N, config.ptl.N), shared, config)
+                write_json(result_path, cached)
             return cached
     started = time.time()
     N = config.ptl.N
@@ -325,6 +348,7 @@ def run_variant(spec: AblationSpec, variant: Variant, seed: int, shared: Workspa
               "overrides": {**spec.common, "run.seed": seed, **variant.overrides,
                             "ptl.finetune.iters": config.ptl.finetune.iters},
               "fingerprint": fingerprint, "wall_s": round(time.time() - started, 1)}
+    result |= final_image_roughness(ws.domain_dir(N, N), shared, config)
     write_json(result_path, result)
     console.print(f"ablation: seed {seed} {variant.name}: target mIoU {_pct(result['target_miou'])}, "
                   f"oracle consistency {_pct(consistency)}, {result['wall_s']} s")

@@ -22,7 +22,8 @@ from dasgen.store.atomic import atomic_write_text, sha256_file
 
 RESULT_FILE = "result.json"
 CSV_COLUMNS = ("seed", "variant", "label", "table", "paper_miou", "target_miou", "consistency",
-               "pipeline_consistency", "domains", "finetune_iters", "wall_s", "params_sha256")
+               "pipeline_consistency", "blown_up", "roughness", "domains", "finetune_iters", "wall_s",
+               "params_sha256")
 
 
 def _pct(value: float | None) -> str:
@@ -62,10 +63,12 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
         paired = [r["target_miou"] - by[(reference_name, r["seed"])]["target_miou"] for r in mine
                   if (reference_name, r["seed"]) in by and row.name != reference_name]
         delta, delta_sd = _mean_std(paired)
+        blown, blown_sd = _mean_std([r["blown_up"] for r in mine])
         summary.append({"variant": row.name, "label": row.label, "table": row.table, "paper_miou": row.paper,
                         "seeds": sorted(r["seed"] for r in mine), "target_miou": miou, "target_miou_std": miou_sd,
                         "delta_vs_full": delta, "delta_vs_full_std": delta_sd, "consistency": cons,
-                        "consistency_std": cons_sd, "wall_s": round(sum(r["wall_s"] or 0 for r in mine), 1)})
+                        "consistency_std": cons_sd, "blown_up": blown, "blown_up_std": blown_sd,
+                        "wall_s": round(sum(r["wall_s"] or 0 for r in mine), 1)})
     shared = Workspace(spec.out / "shared")
     model = shared.diffusion_model / "diffusion_pytorch_model.safetensors"
     base = params(spec, spec.common)
@@ -73,8 +76,8 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
     roundtrip = json.loads(roundtrip_path.read_text()) if roundtrip_path.is_file() else None
     if roundtrip:
         roundtrip.pop("fingerprint", None)
-    return {"ddpm_roundtrip": roundtrip, "spec": os.path.relpath(spec.path), "spec_sha256": spec.sha256, "base_params": os.path.relpath(spec.base),
-            "base_params_sha256": base.sha256(), "command": command, "seeds": spec.seeds,
+    return {"spec": os.path.relpath(spec.path), "spec_sha256": spec.sha256, "base_params": os.path.relpath(spec.base),
+            "base_params_sha256": base.sha256(), "command": command, "seeds": spec.seeds, "ddpm_roundtrip": roundtrip,
             "diffusion_sha256": sha256_file(model) if model.is_file() else None, "reference_variant": reference_name,
             "this_call_wall_s": round(wall_s, 1), "runs_wall_s": round(sum(r["wall_s"] or 0 for r in runs), 1),
             "summary": summary, "runs": runs}
@@ -91,19 +94,22 @@ def render_markdown(report: dict) -> str:
     """The ablation table (percent, mean ± sample std over seeds) beside the paper's GTA5 -> Cityscapes numbers."""
     ref = report["reference_variant"]
     lines = [
-        "| row | paper | paper mIoU (G→C) | toy target mIoU | Δ vs full (paired) | consistency (oracle) | seeds |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| row | paper | paper mIoU (G→C) | toy target mIoU | Δ vs full (paired) | consistency (oracle) "
+        "| X^N blown up | seeds |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in report["summary"]:
         paper = "--" if s["paper_miou"] is None else f"{s['paper_miou']:.1f}"
         delta = "--" if s["variant"] == ref else _cell(s["delta_vs_full"], s["delta_vs_full_std"], signed=True)
-        lines.append(f"| {s['label']} | {s['table'] or '--'} | {paper} | {_cell(s['target_miou'], s['target_miou_std'])}"
-                     f" | {delta} | {_cell(s['consistency'], s['consistency_std'])} | {len(s['seeds'])} |")
+        lines.append(f"| {s['label']} | {s['table'] or '--'} | {paper} "
+                     f"| {_cell(s['target_miou'], s['target_miou_std'])} | {delta} "
+                     f"| {_cell(s['consistency'], s['consistency_std'])} "
+                     f"| {_cell(s['blown_up'], s['blown_up_std'])} | {len(s['seeds'])} |")
     minutes = report["runs_wall_s"] / 60
     roundtrip = report.get("ddpm_roundtrip")
     if roundtrip:
-        lines += ["", f"DDPM round trip (what any translation can keep at best): the oracle's mIoU on {roundtrip['images']}"
-                  f" real target val images is {_pct(roundtrip['clean'])} clean, "
+        lines += ["", "DDPM round trip (what any translation can keep at best): the oracle's mIoU on "
+                  f"{roundtrip['images']} real target val images is {_pct(roundtrip['clean'])} clean, "
                   + ", ".join(f"{_pct(r['oracle_miou'])} after phi^{r['t']}" for r in roundtrip["levels"])
                   + " (noised to t and denoised unguided on that domain's chain)."]
     lines += [
@@ -111,7 +117,9 @@ def render_markdown(report: dict) -> str:
         f"mIoU and consistency in percent, mean ± sample std over seeds {report['seeds']} (paired: every variant of "
         "a seed shares g_0, per-image noise and domain samples). Δ vs full: mean of the per-seed differences to "
         f"`{ref}`. Consistency: the target-trained oracle's mIoU on the final translated images X^N against the "
-        "source labels (source only: on the untranslated source images).",
+        "source labels (source only: on the untranslated source images). X^N blown up: share of final images "
+        "rougher than 2.5x the real target photos (mean |horizontal pixel difference|): adversarial noise that fools "
+        "g_{N-1}, not a picture.",
         "",
         f"Produced by `{report['command']}` (spec `{report['spec']}` sha256 `{report['spec_sha256'][:12]}`, base "
         f"params `{report['base_params']}` with the spec's overrides sha256 `{report['base_params_sha256'][:12]}`, "

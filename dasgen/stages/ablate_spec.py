@@ -129,7 +129,8 @@ def load_spec(path: str | Path) -> AblationSpec:
     if isinstance(toy_seed, bool) or not isinstance(toy_seed, int) or toy_seed < 0:
         raise ConfigError(f"{where}.oracle.toy_seed: expected a non-negative integer, got {toy_seed!r}")
     spec = AblationSpec(
-        path=path, base=here / str(_require(data, "base", str, where)), out=here / str(data.get("out", "data/ablation")),
+        path=path, base=here / str(_require(data, "base", str, where)),
+        out=here / str(data.get("out", "data/ablation")),
         results=here / str(data.get("results", "docs/results")), seeds=list(seeds), common=dict(common),
         match_finetune_budget=budget, oracle_toy_seed=toy_seed, reference=reference, variants=variants,
         sha256=sha256_file(path), base_data=_read_base(here / str(data["base"])))

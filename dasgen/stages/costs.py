@@ -121,7 +121,7 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
     ft = config.ptl.finetune
     finetune_images = ft.iters * ft.batch_size * (2 if ft.use_src_loss else 1)
     per_domain, baseline, lcg_loop, parts = [], 0.0, 0.0, dict.fromkeys(("unet", "lcg", "gsg", "score", "finetune"), 0.0)
-    flops = 0.0
+    domain_flops = []
     for domain in costs:
         units = domain_units(domain, classes_per_image=classes_per_image, finetune_images=finetune_images)
         seconds = _seconds(units, entry["seconds"], scale, baseline=False)
@@ -132,10 +132,12 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
         lcg_loop += sum(_seconds(units, entry["seconds"], scale, baseline=False, lcg_baseline=True).values())
         unit_flops = entry.get("flops", {})
         if all(name in unit_flops for name in UNITS):
-            flops += scale * (units["unet_forward"] * unit_flops["unet_forward"]
+            domain_flops.append(scale * (units["unet_forward"] * unit_flops["unet_forward"]
                               + (units["seg_guidance_lcg"] + units["seg_guidance_gsg"]) * unit_flops["seg_guidance"]
                               + units["seg_forward"] * unit_flops["seg_forward"]
-                              + units["seg_train"] * unit_flops["seg_train"])
+                              + units["seg_train"] * unit_flops["seg_train"]))
+    flops = sum(domain_flops)
+    gpu_hours = [f / (ASSUMED_GPU_TFLOPS * 1e12) / 3600 for f in domain_flops]
     total = sum(per_domain)
     hours = [s / 3600 for s in per_domain]
     return {
@@ -155,7 +157,8 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
         "lcg_loop_total_hours": lcg_loop / 3600,
         "speedup_vs_baseline": baseline / total if total else None,
         "total_flops": flops or None,
-        "gpu_hours_at_assumed_throughput": flops / (ASSUMED_GPU_TFLOPS * 1e12) / 3600 if flops else None,
+        "gpu_hours_at_assumed_throughput": sum(gpu_hours) if gpu_hours else None,
+        "domain_gpu_hours_at_assumed_throughput": gpu_hours or None,
         "assumed_gpu_tflops": ASSUMED_GPU_TFLOPS,
     }
 
@@ -173,22 +176,29 @@ def format_hours(hours: float) -> str:
 
 
 def render_estimate(estimate: dict[str, Any]) -> list[str]:
-    """The estimate as the lines ``dasgen plan`` prints."""
+    """The estimate as the lines ``dasgen plan`` prints (each short enough for an 80-column terminal)."""
     if not estimate.get("available"):
         return [f"time estimate: not available ({estimate.get('reason')})"]
-    summary = estimate["domain_hours_summary"]
+    summary, parts = estimate["domain_hours_summary"], estimate["parts_hours"]
     h, w = estimate["measured_at"]
     lines = [
-        f"estimated time on {estimate['device']} ({estimate['device_note']}; unit costs measured at {h}x{w}, "
-        f"scaled x{estimate['pixel_scale']:.3g} by pixel count; {estimate['classes_per_image']:.3g} classes/image):",
+        f"estimated time on {estimate['device']} ({estimate['device_note']})",
+        f"  unit costs measured at {h}x{w}, scaled x{estimate['pixel_scale']:.3g} by pixel count; "
+        f"{estimate['classes_per_image']:.3g} classes/image",
         f"  per domain: first {format_hours(summary['first'])}, median {format_hours(summary['median'])}, "
-        f"last {format_hours(summary['last'])}; total {format_hours(estimate['total_hours'])}",
-        "  split: " + ", ".join(f"{part} {format_hours(value)}" for part, value in estimate["parts_hours"].items()),
-        f"  without dasgen's non-maths speed-ups: {format_hours(estimate['baseline_total_hours'])} "
-        f"(x{estimate['speedup_vs_baseline']:.2f}); LCG as a per-class loop alone: "
-        f"{format_hours(estimate['lcg_loop_total_hours'])}",
+        f"last {format_hours(summary['last'])}",
+        f"  total: {format_hours(estimate['total_hours'])}",
+        "  split: " + ", ".join(f"{part} {format_hours(parts[part])}" for part in ("unet", "lcg", "gsg")),
+        "         " + ", ".join(f"{part} {format_hours(parts[part])}" for part in ("score", "finetune")),
+        f"  without the non-maths speed-ups: {format_hours(estimate['baseline_total_hours'])} "
+        f"(x{estimate['speedup_vs_baseline']:.2f})",
+        f"  per-class loop for LCG alone: {format_hours(estimate['lcg_loop_total_hours'])}",
     ]
     if estimate.get("gpu_hours_at_assumed_throughput"):
-        lines.append(f"  {estimate['total_flops']:.3g} FLOPs: about {format_hours(estimate['gpu_hours_at_assumed_throughput'])}"
-                     f" GPU time at an assumed {estimate['assumed_gpu_tflops']:.0f} TFLOP/s sustained (not measured)")
+        gpu = estimate["domain_gpu_hours_at_assumed_throughput"]
+        lines.append(f"  FLOP-bound GPU time: total {format_hours(estimate['gpu_hours_at_assumed_throughput'])}; "
+                     f"per domain first {format_hours(gpu[0])},")
+        lines.append(f"    median {format_hours(statistics.median(gpu))}, last {format_hours(gpu[-1])} "
+                     f"({estimate['total_flops']:.3g} FLOPs at an assumed")
+        lines.append(f"    {estimate['assumed_gpu_tflops']:.0f} TFLOP/s sustained: an assumption, not a measurement)")
     return lines

@@ -14,14 +14,21 @@ from dasgen.stages.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_
 from dasgen.stages.workspace import Workspace
 
 
-def plan_report(config: Config, ws: Workspace) -> dict:
-    """The schedule of every domain and the totals; uses the scanned source (if any) for image and class counts."""
-    source_images, classes, measured = config.toy.n_source, ASSUMED_CLASSES_PER_IMAGE, False
-    if ws.source_pairs.is_file():
+def plan_report(config: Config, ws: Workspace, *, source_images: int | None = None) -> dict:
+    """The schedule of every domain and the totals; uses the scanned source (if any) for image and class counts.
+
+    ``source_images`` prices a source that is not scanned yet (e.g. 24,966 for GTA5).
+    """
+    classes, measured = ASSUMED_CLASSES_PER_IMAGE, False
+    if source_images is not None:
+        pass
+    elif ws.source_pairs.is_file():
         record = json.loads(ws.source_pairs.read_text())
         source_images = len(record["entries"])
         classes = record.get("mean_classes_per_image") or classes
         measured = True
+    else:
+        source_images = config.toy.n_source
     costs = schedule_costs(config, source_images)
     return {
         "source_images": source_images,
@@ -72,11 +79,11 @@ def render_plan(report: dict, max_rows: int = 12) -> str:
     console.print(table)
     console.print(totals)
     if not report["source_scanned"]:
-        console.print("(source not scanned yet: image count from toy.n_source, "
-                      f"{ASSUMED_CLASSES_PER_IMAGE} classes per image assumed)")
+        console.print(f"(source not scanned: {report['source_images']:,} source images priced (--source-images, else "
+                      f"toy.n_source), {ASSUMED_CLASSES_PER_IMAGE} classes per image assumed)")
     if "estimate" in report:
         for line in render_estimate(report["estimate"]):
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, soft_wrap=True)
     for note in report["deviations"]:
         console.print(f"deviation from the paper: {note}")
     return buffer.getvalue()

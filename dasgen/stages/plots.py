@@ -170,7 +170,8 @@ def plot_ablation(json_path: Path, out: Path) -> dict:
     if curves:
         steps = sorted({n for curve in curves.values() for n in curve})
         chart = line_chart(steps, {label: [curve.get(n) for n in steps] for label, curve in curves.items()},
-                           x_labels=[str(n) for n in steps], title="Target mIoU of g_n against domain n (mean over seeds)",
+                           x_labels=[str(n) for n in steps],
+                           title="Target mIoU of g_n against domain n (mean over seeds)",
                            y_label="%", size=(CHART_SIZE[0], CHART_SIZE[1] + 18 * len(curves)))
         result["curves"] = str(save_png(chart, out.with_name(f"{out.stem}-curves.png")))
     return result
