@@ -20,10 +20,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from dasgen.config import load_config
-from dasgen.stages.domain import run_domain
-from dasgen.stages.workspace import Workspace
-from dasgen.store.domain import DomainWriter
+# The end-to-end test imports the stages inside the test: mp.spawn's workers import this module, and they only need
+# dasgen.stages.distributed (importing the diffusion stack would cost each worker seconds).
 
 
 def identical_files(directory):
@@ -51,6 +49,11 @@ def torchrun(root, *args):
 
 @pytest.mark.slow
 def test_two_ranks_give_the_one_rank_artifact(workspace, tmp_path, monkeypatch):
+    from dasgen.config import load_config
+    from dasgen.stages.domain import run_domain
+    from dasgen.stages.workspace import Workspace
+    from dasgen.store.domain import DomainWriter
+
     reference = tmp_path / "reference"
     shutil.copytree(workspace, reference)
     config = load_config(workspace / "params.yaml")
