@@ -23,8 +23,10 @@ test: setup  ## the test suite (what CI runs)
 	python -m pytest -q
 
 bench: setup  ## benchmarks (print what they measure; not part of the tests)
-	python bench/bench_guidance.py
+	python bench/bench_guidance.py --threads 1
+	python bench/bench_domain.py --threads 1
 	python bench/bench_export.py
+	python bench/bench_dvc.py
 
 clean-data:  ## remove every pipeline output (DVC's cache stays)
 	rm -rf data/toy data/diffusion data/g0 data/domains data/export data/source_pairs.json metrics

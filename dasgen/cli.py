@@ -269,7 +269,7 @@ def plan(
     if as_json:
         print(json.dumps(report))
     else:
-        out.print(render_plan(report))
+        out.print(render_plan(report), soft_wrap=True)
 
 
 @app.command()

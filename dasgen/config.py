@@ -160,6 +160,7 @@ class PTLConfig:
     image_format: Literal["png", "parquet"] = "png"  # parquet shards scale better under DVC
     domains_per_stage: int = knob(1, min=1)  # group domains per DVC stage to keep 600-domain pipelines fast
     guided: bool = True  # False = PTL without SGG (Tab. 2 (b))
+    unet_bf16: bool = False  # deviation: U-Net forward under bf16 autocast (for CUDA); paper: float32
     finetune: FinetuneConfig = section(FinetuneConfig)
 
 

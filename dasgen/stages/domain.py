@@ -144,7 +144,7 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
     """Translate this rank's pending batches of ``plan.ids`` into ``writer``; returns the number of images written."""
     unet = load_denoiser(ws.diffusion_model, device=device)
     eps_fn = make_eps_fn(unet)
-    if getattr(config.ptl, "unet_bf16", False):  # deviation, off by default: eps_theta under bf16 autocast
+    if config.ptl.unet_bf16:  # deviation, off by default: eps_theta under bf16 autocast
         eps_fn = autocast_denoiser(eps_fn, torch.bfloat16)
     g_prev = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
                             expect_arch=config.segmenter.arch, expect_classes=19)

@@ -88,7 +88,8 @@ def build_pipeline(config: Config, ws: Workspace = Workspace(Path("."))) -> dict
         stages[name] = {
             "cmd": f"dasgen translate --domains {first}-{last}",
             "deps": [previous, _rel(ws.diffusion_model, ws), _rel(ws.source_pairs, ws)] + data_deps
-            + ["dasgen/guidance", "dasgen/segment", "dasgen/store", "dasgen/stages/domain.py"],
+            + ["dasgen/guidance", "dasgen/segment", "dasgen/store", "dasgen/stages/domain.py",
+               "dasgen/stages/distributed.py"],
             "params": domain_params,
             "outs": [{_rel(ws.domain_dir(n, total), ws): {"persist": True}} for n in range(first, last + 1)],
             "metrics": [{_rel(ws.domain_metrics(n, total), ws): {"cache": False}} for n in range(first, last + 1)],

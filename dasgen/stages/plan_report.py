@@ -48,7 +48,7 @@ def deviations(config: Config) -> list[str]:
     if config.ptl.N != config.ptl.t_final:
         notes.append(f"domain schedule: N = {config.ptl.N} domains up to t_N = {config.ptl.t_final} "
                      f"(paper: N = t_N = 600, t_n = n)")
-    if getattr(config.ptl, "unet_bf16", False):
+    if config.ptl.unet_bf16:
         notes.append("U-Net forward under bf16 autocast (ptl.unet_bf16; paper: float32)")
     if config.sgg.lambda_ != 80.0:
         notes.append(f"guidance scale lambda = {config.sgg.lambda_} (paper: 80)")
