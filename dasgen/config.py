@@ -369,15 +369,20 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         problem = getattr(error, "problem", "")
         reason = f": {problem}" if problem and "duplicate key" in problem else ""
         raise ConfigError(f"{path}: not valid YAML{where}{reason}") from None
-    for dotted, value in (overrides or {}).items():
+    apply_overrides(data, overrides or {}, source=str(path))
+    return config_from_dict(data, source=str(path))
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any], *, source: str) -> None:
+    """Set dotted keys (``{"sgg.lambda": 40}``) in parsed params data, in place; checked later like the file."""
+    for dotted, value in overrides.items():
         node = data
         *parents, last = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{path}: {dotted}: cannot override inside a non-mapping")
+                raise ConfigError(f"{source}: {dotted}: cannot override inside a non-mapping")
         node[last] = value
-    return config_from_dict(data, source=str(path))
 
 
 def domain_noise_levels(ptl: PTLConfig) -> list[int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from dasgen.config import Config, config_from_dict
+from dasgen.config import Config, apply_overrides, config_from_dict
 from dasgen.errors import ConfigError
 from dasgen.store.atomic import sha256_file
 
@@ -154,14 +154,7 @@ def _read_base(path: Path) -> dict:
 def params(spec: AblationSpec, overrides: dict[str, Any]) -> Config:
     """The base params (as read by :func:`load_spec`) with dotted-key ``overrides``, validated like params.yaml."""
     data = copy.deepcopy(spec.base_data)
-    for dotted, value in overrides.items():
-        node = data
-        *parents, last = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{spec.base}: {dotted}: cannot override inside a non-mapping")
-        node[last] = value
+    apply_overrides(data, overrides, source=str(spec.base))
     return config_from_dict(data, source=str(spec.base))
 
 
