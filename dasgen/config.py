@@ -137,6 +137,7 @@ class SGGConfig:
     arrangement: Literal["alternate", "lcg-then-gsg", "gsg-then-lcg", "random", "lcg-only", "gsg-only",
                          "none"] = "alternate"  # Tab. 5: alternate is best; lcg-only/gsg-only/none for Tab. 2
     max_copies_per_pass: int = knob(64, min=1)  # LCG masked copies per segmenter pass (memory budget)
+    lcg_normalise: Literal["region", "image"] = "region"  # LCG CE mean over the class region | over the image
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ SPEC = {
     "variants": {
         "full": {"label": "Ours (full)", "table": "Tab. 2 (f)", "paper": 61.9, "set": {}},
         "wo-ptl": {"label": "Ours w/o PTL", "table": "Tab. 2 (c)", "paper": 58.3, "set": {"ptl.N": 1}},
+        "lower-t": {"label": "Ours, t_N = 10", "table": "diagnosis", "paper": None, "set": {"ptl.t_final": 10}},
     },
 }
 
@@ -50,7 +51,7 @@ def test_spec_rejects_shared_overrides_and_unknown_keys(tmp_path):
 
 def test_fewer_domains_get_the_same_total_finetune_budget(tmp_path):
     spec = load_spec(write_spec(tmp_path))
-    full, wo_ptl = spec.variants
+    full, wo_ptl, _ = spec.variants
     base, single = variant_config(spec, full, 0), variant_config(spec, wo_ptl, 0)
     assert single.ptl.N == 1 and single.run.seed == 0
     assert single.ptl.finetune.iters == base.ptl.N * base.ptl.finetune.iters
@@ -66,10 +67,14 @@ def test_one_seed_two_variants_report_and_resume(tmp_path, tiny_workspace, monke
     with (tmp_path / "results" / "ablation.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["seed"], r["variant"]) for r in rows] == [("0", "source-only"), ("0", "full"), ("0", "wo-ptl"),
-                                                         ("0", "oracle")]
+                                                         ("0", "lower-t"), ("0", "oracle")]
     by_name = {r["variant"]: r for r in rows}
     assert by_name["full"]["domains"] == "2" and by_name["wo-ptl"]["domains"] == "1"
-    for name in ("source-only", "full", "wo-ptl"):
+    runs = {r["variant"]: r for r in report["runs"]}
+    assert [c["t"] for c in runs["full"]["curve"]] == [10, 20]
+    assert [c["t"] for c in runs["lower-t"]["curve"]] == [5, 10]  # same g_0, lower noise levels
+    assert [level["t"] for level in report["ddpm_roundtrip"]["levels"]] == [10, 20]
+    for name in ("source-only", "full", "wo-ptl", "lower-t"):
         assert 0.0 <= float(by_name[name]["target_miou"]) <= 1.0
         assert 0.0 <= float(by_name[name]["consistency"]) <= 1.0
     assert by_name["oracle"]["consistency"] == ""  # the judge does not judge itself
@@ -93,6 +98,13 @@ def test_one_seed_two_variants_report_and_resume(tmp_path, tiny_workspace, monke
     again = run_ablation(spec, ddpm=ddpm)
     assert again["runs"] == report["runs"]
     assert run_ablation(spec)["runs"] == report["runs"]  # resuming without --ddpm keeps the copied DDPM
+
+    # a variant whose params changed after it ran is left out of the report, not mixed in
+    edited = load_spec(write_spec(tmp_path, variants={**SPEC["variants"], "full": {"set": {"sgg.lambda": 40.0}}}))
+    stale = run_ablation(edited, report_only=True)
+    assert stale["stale_runs"] == ["seed-0/full"]
+    assert [r["variant"] for r in stale["runs"]] == ["source-only", "wo-ptl", "lower-t", "oracle"]
+    assert "Left out: 1 finished runs" in (tmp_path / "results" / "ablation.md").read_text()
 
 
 def test_cli_ablate_selects_and_reports(tmp_path):

@@ -74,6 +74,32 @@ def test_batched_lcg_equals_per_class_reference(max_copies):
     torch.testing.assert_close(batched, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("max_copies", [64, 3])
+def test_image_normalised_lcg_weights_each_region_by_its_share_of_the_image(max_copies):
+    """normalise="image": per-class gradient x |m_c| / (labelled pixels of the image), i.e. region-summed CE over the
+    image's labelled pixels -- small regions no longer get a per-pixel step ~ 1/|m_c|."""
+    segmenter = make_segmenter()
+    x, labels = make_batch()
+    expected = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        labelled = int((labels[b] != IGNORE_INDEX).sum())
+        for c in labels[b].unique().tolist():
+            if c == IGNORE_INDEX:
+                continue
+            m_c = labels[b] == c
+            x_b = x[b : b + 1].clone().requires_grad_(True)
+            y_c = torch.where(m_c, labels[b], IGNORE_INDEX)[None]
+            summed = F.cross_entropy(segmenter(x_b * m_c), y_c, ignore_index=IGNORE_INDEX, reduction="sum")
+            (grad_c,) = torch.autograd.grad(summed / labelled, x_b)
+            expected[b] += grad_c[0]
+    image = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies, normalise="image")
+    region = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies)
+    torch.testing.assert_close(image, expected, rtol=1e-5, atol=1e-7)
+    assert image.abs().max() < region.abs().max()  # every region is a fraction of its image
+    with pytest.raises(ValueError, match="normalise"):
+        lcg_gradient(segmenter, x, labels, normalise="pixels")
+
+
 def test_lcg_makes_one_segmenter_pass_per_chunk():
     x, labels = make_batch()
     inner = make_segmenter()

@@ -42,6 +42,7 @@ class Guidance:
     plan: Sequence[str | None]  # plan[i] = module at reverse step i (see arrangement.guidance_plan)
     scale: float = 80.0  # lambda (Sec. 5.1: lambda = 80)
     max_copies_per_pass: int = 64  # LCG masked copies per segmenter pass: bounds memory, not the result
+    lcg_normalise: str = "region"  # LCG loss: mean over the class region (default) or over the image (sgg.py)
 
     def __post_init__(self) -> None:
         plan = tuple(self.plan)
@@ -132,7 +133,8 @@ def translate(
         if module is not None:
             if module == LCG:  # Eqs. 6-9
                 grad = lcg_gradient(guidance.segmenter, x, labels, regions=regions,
-                                    max_copies_per_pass=guidance.max_copies_per_pass, memory_format=memory_format)
+                                    max_copies_per_pass=guidance.max_copies_per_pass, memory_format=memory_format,
+                                    normalise=guidance.lcg_normalise)
             else:  # Eq. 10
                 grad = gsg_gradient(guidance.segmenter, x, labels, memory_format=memory_format)
             mean = mean - guidance.scale * schedule.sigma(position, mean) * grad  # Eq. 7, descending the CE

@@ -7,7 +7,11 @@ is injected, the way guided-diffusion's sampler receives ``cond_fn``: any callab
 independently (e.g. BatchNorm in eval mode) so that guidance is batch-invariant.
 
 Loss normalisation (the paper does not say; it fixes what lambda = 80 means):
-- LCG: cross-entropy *mean over the class region's pixels*, one loss per (image, class) copy.
+- LCG: cross-entropy *mean over the class region's pixels*, one loss per (image, class) copy (``normalise="region"``,
+  the default). A region of 3 pixels then gets ~700x the per-pixel step of GSG on a 32x64 image, which at high noise
+  can blow small regions into adversarial noise (README "Deviations"). ``normalise="image"`` divides each region's
+  summed CE by the image's labelled pixels instead, so LCG steps every pixel as hard as GSG does (a named option,
+  ``sgg.lcg_normalise``).
 - GSG: cross-entropy *mean over the image's non-ignore pixels*, one loss per image.
 Losses of different copies/images are summed before ``autograd.grad``; since each loss depends on one image only,
 the summed gradient at image b is exactly that image's own gradient.
@@ -87,16 +91,20 @@ def lcg_gradient(
     max_copies_per_pass: int = 64,
     regions: ClassRegions | None = None,
     memory_format: torch.memory_format | None = None,
+    normalise: str = "region",
 ) -> torch.Tensor:
     """LCG (Eqs. 6-9): ``sum_c m_c * grad_{x} L_local(x, y, c)``, shape of ``x`` (B, 3, H, W).
 
     ``L_local`` (Eq. 6) is the cross-entropy of ``segmenter(x * m_c)`` against ``y`` on m_c (ignore elsewhere),
-    averaged over m_c's pixels. All copies of all images are run as batches of at most ``max_copies_per_pass``.
+    averaged over m_c's pixels (``normalise="region"``) or summed over m_c and divided by the image's non-ignore
+    pixels (``normalise="image"``). All copies of all images are run as batches of at most ``max_copies_per_pass``.
     ``regions`` (from :func:`class_regions`) may be passed to skip recomputing the class list. ``memory_format`` is
     the layout of the segmenter's input (default :func:`preferred_memory_format`).
     """
     if max_copies_per_pass < 1:
         raise ValueError(f"max_copies_per_pass must be >= 1, got {max_copies_per_pass}")
+    if normalise not in ("region", "image"):
+        raise ValueError(f"normalise must be 'region' or 'image', got {normalise!r}")
     if regions is None:
         regions = class_regions(labels)
     memory_format = memory_format or preferred_memory_format(x.device)
@@ -105,6 +113,7 @@ def lcg_gradient(
     with torch.inference_mode(False), torch.enable_grad():
         x_leaf = x.detach().clone().requires_grad_(True)
         labels, all_images, all_classes = _plain(labels), _plain(regions.image_index), _plain(regions.class_id)
+        labelled_pixels = (labels != IGNORE_INDEX).sum(dim=(1, 2))  # (B,) per image, for normalise="image"
         grad = None
         for start in range(0, len(regions), max_copies_per_pass):
             image_index = all_images[start : start + max_copies_per_pass]  # (k,)
@@ -116,7 +125,8 @@ def lcg_gradient(
             logits = segmenter(masked.contiguous(memory_format=memory_format))  # (k, C, H, W)
             _check_logits(logits, masked)
             ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")  # (k, H, W)
-            loss_per_copy = ce.sum(dim=(1, 2)) / mask.sum(dim=(1, 2))  # (k,) mean over the class region
+            pixels = mask.sum(dim=(1, 2)) if normalise == "region" else labelled_pixels[image_index]  # (k,)
+            loss_per_copy = ce.sum(dim=(1, 2)) / pixels  # (k,) mean over the class region (or the image)
             # Sum over copies: each copy's loss depends on its own image only, so grads add up per Eq. 9.
             (chunk_grad,) = torch.autograd.grad(loss_per_copy.sum(), x_leaf)
             grad = chunk_grad if grad is None else grad.add_(chunk_grad)

@@ -276,15 +276,18 @@ def train_oracle(config: Config, oracle_toy: Path, path: Path, *, device: torch.
 
 
 def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, oracle_path: Path, *, images: int = 32) -> dict:
-    """How much of a REAL target image survives the shared DDPM's round trip phi^{t_n} (Sec. 4.1: noise to t_n by
-    Eq. 2, denoise unguided on domain n's chain), judged by the oracle, for the first and last domain: an upper bound
-    on the label consistency any variant's translation can keep. Cached in ``shared/ddpm-roundtrip.json``."""
+    """How much of a REAL target image survives the shared DDPM's round trip phi^t (Sec. 4.1: noise to t by Eq. 2,
+    denoise unguided with ``ptl.steps_per_domain`` respaced steps), judged by the oracle, at every noise level the
+    variants translate to: an upper bound on the label consistency any translation to that level can keep. Cached in
+    ``shared/ddpm-roundtrip.json``."""
     config = seed_config(spec, spec.seeds[0])
     device = resolve_device(config.run.device)
-    levels = sorted({1, config.ptl.N})
+    # Every noise level of the base schedule, and the last one of any variant that changes t_N.
+    levels = sorted(set(domain_noise_levels(config.ptl))
+                    | {variant_config(spec, v, spec.seeds[0]).ptl.t_final for v in spec.variants})
     fingerprint = {"diffusion_sha256": sha256_file(shared.diffusion_model / "diffusion_pytorch_model.safetensors"),
                    "oracle_sha256": sha256_file(oracle_path), "images": images, "levels": levels,
-                   "chain": [domain_noise_levels(config.ptl), config.ptl.steps_per_domain]}
+                   "steps_per_domain": config.ptl.steps_per_domain}
     path = shared.root / "ddpm-roundtrip.json"
     if path.is_file() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
         return json.loads(path.read_text())
@@ -300,11 +303,12 @@ def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, oracle_path: Path, *, 
     result = {"fingerprint": fingerprint, "images": len(ids),
               "clean": score_consistency(oracle, zip((store.get(i).image for i in ids), labels), protocol=protocol,
                                          device=device), "levels": []}
-    for n in levels:
-        out = translate(x0.to(device), None, denoiser=eps_fn, schedule=domain_chain(config, n),
-                        generators=[image_generator(config.run.seed, n, i) for i in ids])
+    for t in levels:
+        one_domain = params(spec, {**spec.common, "run.seed": config.run.seed, "ptl.N": 1, "ptl.t_final": t})
+        out = translate(x0.to(device), None, denoiser=eps_fn, schedule=domain_chain(one_domain, 1),
+                        generators=[image_generator(config.run.seed, t, i) for i in ids])
         score = score_consistency(oracle, zip((to_uint8(x) for x in out), labels), protocol=protocol, device=device)
-        result["levels"].append({"domain": n, "t": domain_noise_levels(config.ptl)[n - 1], "oracle_miou": score})
+        result["levels"].append({"t": t, "oracle_miou": score})
     write_json(path, result)
     return result
 

@@ -15,7 +15,7 @@ import os
 import statistics
 from pathlib import Path
 
-from dasgen.stages.ablate_spec import AblationSpec, Variant, params
+from dasgen.stages.ablate_spec import AblationSpec, Variant, params, seed_config, variant_config
 from dasgen.stages.common import write_json
 from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import atomic_write_text, sha256_file
@@ -44,12 +44,17 @@ def _rows(spec: AblationSpec) -> list[Variant]:
 def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
     """Every finished run's row, and per row: mean and sample std over seeds, and the paired difference to ``full``
     (the first variant) over the seeds both have."""
-    runs = []
+    runs, stale = [], []
     for row in _rows(spec):
         for seed in spec.seeds:
             path = spec.out / f"seed-{seed}" / row.name / RESULT_FILE
             if path.is_file():
                 result = json.loads(path.read_text())
+                expected = (seed_config(spec, seed) if row.name in spec.reference
+                            else variant_config(spec, row, seed)).sha256()
+                if result.get("params_sha256") != expected:  # written under other params: not this spec's result
+                    stale.append(f"seed-{seed}/{row.name}")
+                    continue
                 runs.append({k: result.get(k) for k in CSV_COLUMNS} | {"label": row.label, "table": row.table,
                                                                           "paper_miou": row.paper,
                                                                           "curve": result.get("curve")})
@@ -80,7 +85,7 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
             "base_params_sha256": base.sha256(), "command": command, "seeds": spec.seeds, "ddpm_roundtrip": roundtrip,
             "diffusion_sha256": sha256_file(model) if model.is_file() else None, "reference_variant": reference_name,
             "this_call_wall_s": round(wall_s, 1), "runs_wall_s": round(sum(r["wall_s"] or 0 for r in runs), 1),
-            "summary": summary, "runs": runs}
+            "summary": summary, "runs": runs, "stale_runs": stale}
 
 
 def _cell(mean: float | None, std: float | None, *, signed: bool = False) -> str:
@@ -112,6 +117,10 @@ def render_markdown(report: dict) -> str:
                   f"{roundtrip['images']} real target val images is {_pct(roundtrip['clean'])} clean, "
                   + ", ".join(f"{_pct(r['oracle_miou'])} after phi^{r['t']}" for r in roundtrip["levels"])
                   + " (noised to t and denoised unguided on that domain's chain)."]
+    if report.get("stale_runs"):
+        lines += ["", f"Left out: {len(report['stale_runs'])} finished runs whose params no longer match the spec "
+                  f"({', '.join(report['stale_runs'][:4])}{', ...' if len(report['stale_runs']) > 4 else ''}); "
+                  "`dasgen ablate` reruns them."]
     lines += [
         "",
         f"mIoU and consistency in percent, mean ± sample std over seeds {report['seeds']} (paired: every variant of "

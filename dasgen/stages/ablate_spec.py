@@ -20,8 +20,10 @@ from dasgen.store.atomic import sha256_file
 
 REFERENCE_ROWS = ("source-only", "oracle")
 DEFAULT_LABELS = {"source-only": "Source only (g_0)", "oracle": "Target-trained oracle"}
-# Inputs every variant of a seed shares (toy, DDPM, g_0): a variant may not override them.
-SHARED_KEYS = ("toy.", "data.", "diffusion.", "segmenter.", "run.", "ptl.t_final")
+# Inputs every variant of a seed shares (toy, DDPM, g_0): a variant may not override them. ptl.t_final is allowed: a
+# variant with another t_N translates to other noise levels with the same g_0 (trained with the augmentation of the
+# base t_N), which is what a paired comparison of schedules needs.
+SHARED_KEYS = ("toy.", "data.", "diffusion.", "segmenter.", "run.")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _row(name: str, data: Any, where: str, *, overrides: bool) -> Variant:
     for key in sets:
         if str(key).startswith(SHARED_KEYS):
             raise ConfigError(f"{where}.set.{key}: a variant cannot change an input every variant of a seed shares "
-                              "(toy, data, DDPM, segmenter, run, ptl.t_final); put it in the top-level `set`")
+                              "(toy, data, DDPM, segmenter, run); put it in the top-level `set`")
     return Variant(name=name, label=str(data.get("label", DEFAULT_LABELS.get(name, name))), table=data.get("table"),
                    paper=None if paper is None else float(paper), overrides=dict(sets))
 

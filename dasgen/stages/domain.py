@@ -154,7 +154,8 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
     if config.ptl.guided and config.sgg.arrangement != "none":
         steps_plan = guidance_plan(config.sgg.arrangement, len(chain), image_seed(config.run.seed, plan.n, "plan"))
         guidance = Guidance(segmenter=g_prev, scale=config.sgg.lambda_, plan=steps_plan,
-                            max_copies_per_pass=config.sgg.max_copies_per_pass)
+                            max_copies_per_pass=config.sgg.max_copies_per_pass,
+                            lcg_normalise=config.sgg.lcg_normalise)
     done = writer.done_ids()
     ctx.barrier()  # every rank has read the same finished set before any rank writes
     size = config.ptl.translate_batch_size

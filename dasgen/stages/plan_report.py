@@ -52,6 +52,8 @@ def deviations(config: Config) -> list[str]:
         notes.append("U-Net forward under bf16 autocast (ptl.unet_bf16; paper: float32)")
     if config.sgg.lambda_ != 80.0:
         notes.append(f"guidance scale lambda = {config.sgg.lambda_} (paper: 80)")
+    if config.sgg.lcg_normalise != "region":
+        notes.append("LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)")
     if (config.diffusion.num_train_timesteps, config.diffusion.beta_start, config.diffusion.beta_end) != (1000, 1e-4, 0.02):
         notes.append("noise schedule differs from T = 1000, betas 1e-4..0.02")
     return notes

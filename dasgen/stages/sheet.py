@@ -206,7 +206,8 @@ def guidance_sheet(config: Config, ws: Workspace, out: Path, *, count: int = 4, 
         if arrangement != "none":
             plan = guidance_plan(arrangement, len(chain), image_seed(config.run.seed, N, "plan"))
             guidance = Guidance(segmenter=g_prev, scale=config.sgg.lambda_, plan=plan,
-                                max_copies_per_pass=config.sgg.max_copies_per_pass)
+                                max_copies_per_pass=config.sgg.max_copies_per_pass,
+                                lcg_normalise=config.sgg.lcg_normalise)
         generators = [image_generator(config.run.seed, N, i) for i in chosen]  # the domain stage's seeds
         out_images = [to_uint8(x) for x in translate(x0.to(device), labels.to(device), denoiser=eps_fn,
                                                      schedule=chain, generators=generators, guidance=guidance)]
