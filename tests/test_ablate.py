@@ -49,6 +49,27 @@ def test_spec_rejects_shared_overrides_and_unknown_keys(tmp_path):
         load_spec(write_spec(tmp_path, seeds=[1, 1]))
 
 
+def test_spec_based_on_another_merges_set_and_picks_variants(tmp_path):
+    write_spec(tmp_path)
+    child = tmp_path / "lower.yaml"
+    child.write_text(yaml.safe_dump({"based_on": "ablation.yaml", "out": "abl-lower", "set": {"ptl.t_final": 10},
+                                     "variants": ["wo-ptl", "full"]}))
+    spec = load_spec(child)
+    assert [v.name for v in spec.variants] == ["wo-ptl", "full"]
+    assert spec.common == {"toy.n_source": 8, "ptl.t_final": 10}  # parent's set kept, this file's added
+    assert spec.out == tmp_path / "abl-lower" and spec.results == tmp_path / "results"
+    assert variant_config(spec, spec.variants[1], 0).ptl.t_final == 10
+    parent = tmp_path / "ablation.yaml"
+    parent.write_text(parent.read_text() + "\n# edited\n")
+    assert load_spec(child).sha256 != spec.sha256  # the recorded spec hash covers the parent too
+    child.write_text(yaml.safe_dump({"based_on": "ablation.yaml", "variants": ["nope"]}))
+    with pytest.raises(ConfigError, match=r"lower\.yaml\.variants: 'nope' is not a variant of"):
+        load_spec(child)
+    child.write_text(yaml.safe_dump({"based_on": "missing.yaml"}))
+    with pytest.raises(ConfigError, match="based_on: .*missing.yaml not found"):
+        load_spec(child)
+
+
 def test_fewer_domains_get_the_same_total_finetune_budget(tmp_path):
     spec = load_spec(write_spec(tmp_path))
     full, wo_ptl, _ = spec.variants
@@ -85,6 +106,10 @@ def test_one_seed_two_variants_report_and_resume(tmp_path, tiny_workspace, monke
     for label in ("Source only", "Ours (full)", "Ours w/o PTL", "Target-trained oracle", "58.3",
                   "dasgen ablate --spec", "DDPM round trip"):
         assert label in markdown
+    summary = {s["variant"]: s for s in report["summary"]}
+    assert summary["full"]["delta_vs_g0"] == pytest.approx(float(by_name["full"]["target_miou"])
+                                                           - float(by_name["source-only"]["target_miou"]), abs=1e-4)
+    assert summary["source-only"]["delta_vs_g0"] is None
     saved = json.loads((tmp_path / "results" / "ablation.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
     assert saved["spec_sha256"] == spec.sha256

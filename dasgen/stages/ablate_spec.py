@@ -2,12 +2,14 @@
 
 Loaded strictly, like params.yaml: an unknown key, a bad type or a variant override that params.yaml would reject is a
 ConfigError naming the key, raised before anything runs. The base params file is read once, so a long ablation never
-sees a later edit of it.
+sees a later edit of it. A spec may start from another (``based_on: ablation.yaml``) and change a few keys; its
+recorded sha256 then covers both files.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,8 @@ def load_spec(path: str | Path) -> AblationSpec:
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML") from None
     where = str(path)
+    data_raw = data
+    data = _inherit(data, path)
     known = {"base", "out", "results", "seeds", "set", "match_finetune_budget", "oracle", "reference", "variants"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -135,13 +139,48 @@ def load_spec(path: str | Path) -> AblationSpec:
         out=here / str(data.get("out", "data/ablation")),
         results=here / str(data.get("results", "docs/results")), seeds=list(seeds), common=dict(common),
         match_finetune_budget=budget, oracle_toy_seed=toy_seed, reference=reference, variants=variants,
-        sha256=sha256_file(path), base_data=_read_base(here / str(data["base"])))
+        sha256=_spec_sha256(path, data_raw), base_data=_read_base(here / str(data["base"])))
     base = seed_config(spec, spec.seeds[0])
     if base.toy.n_source < 1:
         raise ConfigError(f"{where}: set: toy.n_source must be >= 1")
     for variant in variants:
         variant_config(spec, variant, spec.seeds[0])  # fail now on a bad override, not after an hour
     return spec
+
+
+def _spec_sha256(path: Path, raw: dict) -> str:
+    """sha256 of the spec file, or of the spec file and its ``based_on`` parent together."""
+    if "based_on" not in raw:
+        return sha256_file(path)
+    parent = path.parent / str(raw["based_on"])
+    return hashlib.sha256(path.read_bytes() + b"\0" + parent.read_bytes()).hexdigest()
+
+
+def _inherit(data: dict, path: Path) -> dict:
+    """``based_on: other.yaml``: start from that spec and replace the keys given here, except ``set``, which is merged
+    (this file's overrides win). ``variants`` may be a list of the parent's variant names to keep, in that order."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of spec keys")
+    if "based_on" not in data:
+        return data
+    parent_path = path.parent / str(data["based_on"])
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}.based_on: {parent_path} not found")
+    try:
+        parent = yaml.safe_load(parent_path.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{parent_path}: not valid YAML") from None
+    if "based_on" in parent:
+        raise ConfigError(f"{path}.based_on: {parent_path} is itself based on another spec (one level only)")
+    child = {k: v for k, v in data.items() if k != "based_on"}
+    merged = {**parent, **child, "set": {**(parent.get("set") or {}), **(child.get("set") or {})}}
+    if isinstance(child.get("variants"), list):
+        inherited = parent.get("variants") or {}
+        missing = [name for name in child["variants"] if name not in inherited]
+        if missing:
+            raise ConfigError(f"{path}.variants: {missing[0]!r} is not a variant of {parent_path}")
+        merged["variants"] = {name: inherited[name] for name in child["variants"]}
+    return merged
 
 
 def _read_base(path: Path) -> dict:
