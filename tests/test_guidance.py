@@ -34,18 +34,22 @@ def make_batch(batch: int = 3, height: int = 10, width: int = 14, seed: int = 1)
     return x, labels
 
 
+def class_copies(x, labels, b):
+    """Eq. 6's inputs for image b, one class at a time: (m_c, a fresh leaf copy of x_b, y * m_c with ignore elsewhere)."""
+    for c in labels[b].unique().tolist():
+        if c == IGNORE_INDEX:
+            continue
+        m_c = labels[b] == c
+        yield m_c, x[b : b + 1].clone().requires_grad_(True), torch.where(m_c, labels[b], IGNORE_INDEX)[None]
+
+
 def reference_lcg_step(segmenter, x, labels, mu, sigma, scale, noise):
     """Eqs. 6-9 literally: one segmenter call per (image, class), x_{k-1} = sum_c m_c x_{k-1,c}; ignore = mu + sqrt(s) z."""
     out = mu + sigma.sqrt() * noise  # unguided sample; labelled pixels are overwritten below
     for b in range(x.shape[0]):
         combined = torch.zeros_like(x[b])
         covered = torch.zeros(labels.shape[1:], dtype=torch.bool)
-        for c in labels[b].unique().tolist():
-            if c == IGNORE_INDEX:
-                continue
-            m_c = labels[b] == c
-            x_b = x[b : b + 1].clone().requires_grad_(True)
-            y_c = torch.where(m_c, labels[b], IGNORE_INDEX)[None]
+        for m_c, x_b, y_c in class_copies(x, labels, b):
             loss = F.cross_entropy(segmenter(x_b * m_c), y_c, ignore_index=IGNORE_INDEX)  # Eq. 6, mean over m_c
             (grad_c,) = torch.autograd.grad(loss, x_b)
             mu_hat = mu[b] - scale * sigma * grad_c[0]  # Eq. 7 (descending the CE)
@@ -83,12 +87,7 @@ def test_image_normalised_lcg_weights_each_region_by_its_share_of_the_image(max_
     expected = torch.zeros_like(x)
     for b in range(x.shape[0]):
         labelled = int((labels[b] != IGNORE_INDEX).sum())
-        for c in labels[b].unique().tolist():
-            if c == IGNORE_INDEX:
-                continue
-            m_c = labels[b] == c
-            x_b = x[b : b + 1].clone().requires_grad_(True)
-            y_c = torch.where(m_c, labels[b], IGNORE_INDEX)[None]
+        for m_c, x_b, y_c in class_copies(x, labels, b):
             summed = F.cross_entropy(segmenter(x_b * m_c), y_c, ignore_index=IGNORE_INDEX, reduction="sum")
             (grad_c,) = torch.autograd.grad(summed / labelled, x_b)
             expected[b] += grad_c[0]

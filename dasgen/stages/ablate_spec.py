@@ -90,12 +90,7 @@ def _row(name: str, data: Any, where: str, *, overrides: bool) -> Variant:
 def load_spec(path: str | Path) -> AblationSpec:
     """Read and check ``ablation.yaml``; every variant's params are validated here, before anything runs."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: ablation spec not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML") from None
+    data = _read_yaml(path, missing="ablation spec not found")
     where = str(path)
     data_raw = data
     data = _inherit(data, path)
@@ -166,10 +161,7 @@ def _inherit(data: dict, path: Path) -> dict:
     parent_path = path.parent / str(data["based_on"])
     if not parent_path.is_file():
         raise ConfigError(f"{path}.based_on: {parent_path} not found")
-    try:
-        parent = yaml.safe_load(parent_path.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{parent_path}: not valid YAML") from None
+    parent = _read_yaml(parent_path, missing="spec not found")
     if "based_on" in parent:
         raise ConfigError(f"{path}.based_on: {parent_path} is itself based on another spec (one level only)")
     child = {k: v for k, v in data.items() if k != "based_on"}
@@ -183,13 +175,18 @@ def _inherit(data: dict, path: Path) -> dict:
     return merged
 
 
-def _read_base(path: Path) -> dict:
+def _read_yaml(path: Path, *, missing: str) -> Any:
+    """The parsed YAML file ``path`` ({} when empty); a missing file or bad YAML is a ConfigError naming it."""
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (the ablation spec's base)")
+        raise ConfigError(f"{path}: {missing}")
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML") from None
+
+
+def _read_base(path: Path) -> dict:
+    return _read_yaml(path, missing="params file not found (the ablation spec's base)")
 
 
 def params(spec: AblationSpec, overrides: dict[str, Any]) -> Config:
