@@ -66,7 +66,7 @@ def test_spec_based_on_another_merges_set_and_picks_variants(tmp_path):
     with pytest.raises(ConfigError, match=r"lower\.yaml\.variants: 'nope' is not a variant of"):
         load_spec(child)
     child.write_text(yaml.safe_dump({"based_on": "missing.yaml"}))
-    with pytest.raises(ConfigError, match="based_on: .*missing.yaml not found"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: spec not found \(named by .*lower\.yaml\.based_on\)"):
         load_spec(child)
 
 

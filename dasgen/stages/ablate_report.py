@@ -41,6 +41,12 @@ def _rows(spec: AblationSpec) -> list[Variant]:
     return [spec.reference["source-only"], *spec.variants, spec.reference["oracle"]]
 
 
+def _paired_difference(mine: list[dict], by: dict, against: str) -> tuple[float | None, float | None]:
+    """Mean and std over seeds of (this row's target mIoU - row ``against``'s, same seed); None for ``against``."""
+    return _mean_std([r["target_miou"] - by[(against, r["seed"])]["target_miou"] for r in mine
+                      if r["variant"] != against and (against, r["seed"]) in by])
+
+
 def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
     """Every finished run's row, and per row: mean and sample std over seeds, and the paired difference to ``full``
     (the first variant) over the seeds both have."""
@@ -65,12 +71,8 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
         mine = [r for r in runs if r["variant"] == row.name]
         miou, miou_sd = _mean_std([r["target_miou"] for r in mine])
         cons, cons_sd = _mean_std([r["consistency"] for r in mine])
-        paired = [r["target_miou"] - by[(reference_name, r["seed"])]["target_miou"] for r in mine
-                  if (reference_name, r["seed"]) in by and row.name != reference_name]
-        delta, delta_sd = _mean_std(paired)
-        over_g0 = [r["target_miou"] - by[("source-only", r["seed"])]["target_miou"] for r in mine
-                   if ("source-only", r["seed"]) in by and row.name != "source-only"]
-        gain, gain_sd = _mean_std(over_g0)
+        delta, delta_sd = _paired_difference(mine, by, reference_name)
+        gain, gain_sd = _paired_difference(mine, by, "source-only")
         blown, blown_sd = _mean_std([r["blown_up"] for r in mine])
         summary.append({"variant": row.name, "label": row.label, "table": row.table, "paper_miou": row.paper,
                         "seeds": sorted(r["seed"] for r in mine), "target_miou": miou, "target_miou_std": miou_sd,
@@ -131,8 +133,8 @@ def render_markdown(report: dict) -> str:
         f"mIoU and consistency in percent, mean ± sample std over seeds {report['seeds']} (paired: every variant of "
         "a seed shares g_0, per-image noise and domain samples). Δ vs full, Δ vs g_0: mean of the per-seed "
         f"differences to `{ref}` and to the seed's own g_0 (source only). Consistency: the target-trained oracle's "
-        "mIoU on the final translated images X^N against the source labels (source only: on the untranslated source images). X^N blown up: share of final images "
-        "rougher than 2.5x the real target photos (mean |horizontal pixel difference|): adversarial noise that fools "
+        "mIoU on the final translated images X^N against the source labels (source only: on the untranslated "
+        "source images). X^N blown up: share of final images rougher than 2.5x the real target photos (mean |horizontal pixel difference|): adversarial noise that fools "
         "g_{N-1}, not a picture.",
         "",
         f"Produced by `{report['command']}` (spec `{report['spec']}` sha256 `{report['spec_sha256'][:12]}`, base "

@@ -90,10 +90,8 @@ def _row(name: str, data: Any, where: str, *, overrides: bool) -> Variant:
 def load_spec(path: str | Path) -> AblationSpec:
     """Read and check ``ablation.yaml``; every variant's params are validated here, before anything runs."""
     path = Path(path)
-    data = _read_yaml(path, missing="ablation spec not found")
+    data, parent = _inherit(_read_yaml(path, missing="ablation spec not found"), path)
     where = str(path)
-    data_raw = data
-    data = _inherit(data, path)
     known = {"base", "out", "results", "seeds", "set", "match_finetune_budget", "oracle", "reference", "variants"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -134,7 +132,7 @@ def load_spec(path: str | Path) -> AblationSpec:
         out=here / str(data.get("out", "data/ablation")),
         results=here / str(data.get("results", "docs/results")), seeds=list(seeds), common=dict(common),
         match_finetune_budget=budget, oracle_toy_seed=toy_seed, reference=reference, variants=variants,
-        sha256=_spec_sha256(path, data_raw), base_data=_read_base(here / str(data["base"])))
+        sha256=_spec_sha256(path, parent), base_data=_read_base(here / str(data["base"])))
     base = seed_config(spec, spec.seeds[0])
     if base.toy.n_source < 1:
         raise ConfigError(f"{where}: set: toy.n_source must be >= 1")
@@ -143,25 +141,23 @@ def load_spec(path: str | Path) -> AblationSpec:
     return spec
 
 
-def _spec_sha256(path: Path, raw: dict) -> str:
+def _spec_sha256(path: Path, parent: Path | None) -> str:
     """sha256 of the spec file, or of the spec file and its ``based_on`` parent together."""
-    if "based_on" not in raw:
+    if parent is None:
         return sha256_file(path)
-    parent = path.parent / str(raw["based_on"])
     return hashlib.sha256(path.read_bytes() + b"\0" + parent.read_bytes()).hexdigest()
 
 
-def _inherit(data: dict, path: Path) -> dict:
+def _inherit(data: Any, path: Path) -> tuple[dict, Path | None]:
     """``based_on: other.yaml``: start from that spec and replace the keys given here, except ``set``, which is merged
-    (this file's overrides win). ``variants`` may be a list of the parent's variant names to keep, in that order."""
+    (this file's overrides win). ``variants`` may be a list of the parent's variant names to keep, in that order.
+    Returns the merged spec data and the parent's path (None without ``based_on``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of spec keys")
     if "based_on" not in data:
-        return data
+        return data, None
     parent_path = path.parent / str(data["based_on"])
-    if not parent_path.is_file():
-        raise ConfigError(f"{path}.based_on: {parent_path} not found")
-    parent = _read_yaml(parent_path, missing="spec not found")
+    parent = _read_yaml(parent_path, missing=f"spec not found (named by {path}.based_on)")
     if "based_on" in parent:
         raise ConfigError(f"{path}.based_on: {parent_path} is itself based on another spec (one level only)")
     child = {k: v for k, v in data.items() if k != "based_on"}
@@ -172,7 +168,7 @@ def _inherit(data: dict, path: Path) -> dict:
         if missing:
             raise ConfigError(f"{path}.variants: {missing[0]!r} is not a variant of {parent_path}")
         merged["variants"] = {name: inherited[name] for name in child["variants"]}
-    return merged
+    return merged, parent_path
 
 
 def _read_yaml(path: Path, *, missing: str) -> Any:
