@@ -11,7 +11,8 @@ from dasgen.guidance.arrangement import guidance_plan
 from dasgen.guidance.sampler import Guidance, translate
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.stages.common import base_schedule, load_source_pairs, source_reader
+from dasgen.stages.chains import base_schedule
+from dasgen.stages.common import load_source_pairs, source_reader
 from dasgen.stages.workspace import Workspace
 
 

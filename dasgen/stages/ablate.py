@@ -49,8 +49,8 @@ from dasgen.segment.train import train_source
 from dasgen.stages.ablate_report import RESULT_FILE, _pct, build_report, render_markdown, write_reports
 from dasgen.stages.ablate_spec import (AblationSpec, Variant, load_spec, params, seed_config,  # noqa: F401 (API)
                                        variant_config)
-from dasgen.stages.common import (domain_chain, load_source_pairs, read_json, resolve_device, source_reader,
-                                  write_json)
+from dasgen.stages.chains import domain_chain
+from dasgen.stages.common import load_source_pairs, read_json, resolve_device, source_reader, write_json
 from dasgen.stages.diffusion import run_train_diffusion
 from dasgen.stages.domain import run_domain
 from dasgen.stages.g0 import augment_settings, run_train_g0

@@ -1,4 +1,5 @@
-"""Shared glue for stages: config -> readers, schedules, devices; small JSON helpers."""
+"""Shared glue for stages: config -> readers and devices; small JSON helpers. (Schedules: :mod:`.chains`, so the stages
+that never touch the reverse-step maths do not depend on it in dvc.yaml.)"""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import Any
 
 import torch
 
-from dasgen.config import Config, domain_noise_levels
+from dasgen.config import Config
 from dasgen.datasets.base import DatasetReader, Entry
 from dasgen.datasets.registry import open_dataset
-from dasgen.diffusion.schedule import NoiseSchedule, evenly_spaced_steps
 from dasgen.errors import DasgenError
 from dasgen.store.atomic import atomic_write_json
 from dasgen.stages.workspace import Workspace
@@ -33,21 +33,6 @@ def source_reader(config: Config, root: Path = Path(".")) -> DatasetReader:
 
 def target_reader(config: Config, split: str, *, labelled: bool, root: Path = Path(".")) -> DatasetReader:
     return open_dataset(config.data.target_kind, root / config.data.target_root, split=split, labelled=labelled)
-
-
-def base_schedule(config: Config) -> NoiseSchedule:
-    """The DDPM schedule of Sec. 5.1 (linear betas over T steps)."""
-    d = config.diffusion
-    return NoiseSchedule.linear(d.num_train_timesteps, d.beta_start, d.beta_end)
-
-
-def domain_chain(config: Config, n: int) -> NoiseSchedule:
-    """The reverse chain of domain n: phi^{t_n} on all t_n steps (paper) or respaced to ``ptl.steps_per_domain``."""
-    t_n = domain_noise_levels(config.ptl)[n - 1]
-    chain = base_schedule(config)
-    if config.ptl.steps_per_domain is None or config.ptl.steps_per_domain >= t_n:
-        return chain.truncated(t_n)
-    return chain.respaced(evenly_spaced_steps(t_n, config.ptl.steps_per_domain))
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -20,7 +20,8 @@ from dasgen.diffusion.training_state import STATE_JSON
 from dasgen.diffusion.unet import build_unet, load_denoiser, save_denoiser
 from dasgen.errors import ConfigError
 from dasgen.seeding import image_seed
-from dasgen.stages.common import base_schedule, resolve_device, target_reader, write_json
+from dasgen.stages.chains import base_schedule
+from dasgen.stages.common import resolve_device, target_reader, write_json
 from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import atomic_write_bytes
 

@@ -41,7 +41,8 @@ from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune
-from dasgen.stages.common import domain_chain, load_source_pairs, resolve_device, source_reader, write_json
+from dasgen.stages.chains import domain_chain
+from dasgen.stages.common import load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.stages.distributed import DistContext, data_parallel_segmenter
 from dasgen.stages.g0 import augment_settings
 from dasgen.stages.segmenters import score_on_target, target_val_store

@@ -17,7 +17,8 @@ from dasgen.datasets.pairs import PairStore
 from dasgen.seeding import image_seed
 from dasgen.segment.checkpoint import save_segmenter
 from dasgen.segment.train import train_source
-from dasgen.stages.common import base_schedule, load_source_pairs, resolve_device, source_reader, write_json
+from dasgen.stages.chains import base_schedule
+from dasgen.stages.common import load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.stages.segmenters import new_segmenter, score_on_target, target_val_store
 from dasgen.stages.workspace import Workspace
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from dasgen.config import Config, domain_noise_levels
 from dasgen.guidance.arrangement import guidance_plan
 from dasgen.seeding import image_seed
-from dasgen.stages.common import domain_chain
+from dasgen.stages.chains import domain_chain
 
 ASSUMED_CLASSES_PER_IMAGE = 8.0  # LCG copies per image when the source has not been scanned (GTA5 averages ~12)
 

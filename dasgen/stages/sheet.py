@@ -31,7 +31,8 @@ from dasgen.guidance.sampler import Guidance, translate
 from dasgen.labels import IGNORE_INDEX, train_id_to_color
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.stages.common import domain_chain, load_source_pairs, resolve_device, source_reader
+from dasgen.stages.chains import domain_chain
+from dasgen.stages.common import load_source_pairs, resolve_device, source_reader
 from dasgen.stages.domain import image_consistency
 from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import atomic_write_bytes
