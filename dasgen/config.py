@@ -96,6 +96,8 @@ class DiffusionTrainConfig:
     lr: float = knob(2e-3, min=0.0, exclusive_min=True)  # paper: 2e-5; toy trains few steps, so larger
     adam_betas: list[float] = knob([0.9, 0.99])  # Sec. 5.1: momentum 0.9 and 0.99
     ema_decay: Optional[float] = knob(None, min=0.0, max=1.0)  # DDPM uses 0.9999; off for short toy runs
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # paper: constant; cosine anneals a short run to 0
+    max_timestep: Optional[int] = knob(None, min=1)  # deviation: learn t <= this only (None = all T, Eq. 5)
     hflip: bool = True
     checkpoint_every: int = knob(500, min=1)  # resumable after a kill
 
@@ -323,6 +325,12 @@ def _cross_checks(config: Config, source: str) -> None:
     if len(d.unet.attention_levels) != len(d.unet.block_out_channels):
         raise ConfigError(f"{source}: diffusion.unet.attention_levels: needs one entry per block_out_channels "
                           f"({len(d.unet.block_out_channels)})")
+    if d.train.max_timestep is not None and d.train.max_timestep > d.num_train_timesteps:
+        raise ConfigError(f"{source}: diffusion.train.max_timestep: {d.train.max_timestep} exceeds "
+                          f"diffusion.num_train_timesteps (T = {d.num_train_timesteps})")
+    if d.train.max_timestep is not None and d.pretrained is None and d.train.max_timestep < config.ptl.t_final:
+        raise ConfigError(f"{source}: diffusion.train.max_timestep: {d.train.max_timestep} is below ptl.t_final "
+                          f"({config.ptl.t_final}); the DDPM must learn every noise level the domains use")
     if len(d.train.adam_betas) != 2:
         raise ConfigError(f"{source}: diffusion.train.adam_betas: expected two numbers")
     if config.segmenter.input_size is not None and len(config.segmenter.input_size) != 2:

@@ -241,3 +241,70 @@ def test_resume_refuses_other_settings_or_fewer_steps(template, images, tmp_path
     tensors.write_bytes(tensors.read_bytes()[:-8] + b"corrupt!")
     with pytest.raises(CheckpointError, match="corrupt"):
         _train(copy.deepcopy(template), images, tmp_path / "w", 4)
+
+
+# -- training-recipe knobs: cosine learning rate, truncated timestep range ---------------------------------------
+
+
+def test_cosine_learning_rate_decays_from_base_to_near_zero():
+    from dasgen.diffusion.train import learning_rate
+
+    steps = 100
+    rates = [learning_rate(2e-3, s, steps, "cosine") for s in range(1, steps + 1)]
+    assert rates[0] == pytest.approx(2e-3)
+    assert all(a > b for a, b in zip(rates, rates[1:]))  # strictly decreasing
+    assert rates[-1] < 2e-3 * 1e-3
+    assert learning_rate(2e-3, 57, steps, "constant") == 2e-3
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(2e-3, 1, steps, "linear")
+
+
+def test_cosine_schedule_resumes_on_the_same_curve(template, images, tmp_path):
+    whole = _train(copy.deepcopy(template), images, tmp_path / "a", steps=4, lr_schedule="cosine")
+    with pytest.raises(KeyboardInterrupt):  # killed while drawing step 4's batch: state saved at step 2
+        _train(copy.deepcopy(template), images, tmp_path / "b", steps=4, lr_schedule="cosine", fail_at_call=4)
+    resumed = _train(copy.deepcopy(template), images, tmp_path / "b", steps=4, lr_schedule="cosine")
+    assert resumed.resumed_from == 2 and resumed.losses == whole.losses
+    _assert_same_weights(resumed.model, whole.model)
+    constant = _train(copy.deepcopy(template), images, tmp_path / "c", steps=4)
+    assert constant.losses[:1] == whole.losses[:1] and constant.losses[1:] != whole.losses[1:]
+
+
+def test_a_truncated_schedule_trains_only_its_timesteps(template, images, tmp_path, monkeypatch):
+    seen: list[int] = []
+    original = UNet2DModel.forward
+
+    def spy(self, sample, timestep, *args, **kwargs):
+        seen.extend(torch.as_tensor(timestep).reshape(-1).tolist())
+        return original(self, sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DModel, "forward", spy)
+    train_ddpm(copy.deepcopy(template), _sampler(images), NoiseSchedule.linear().truncated(50), steps=20,
+               batch_size=4, lr=1e-3, ema_decay=None, seed=0, work_dir=tmp_path / "w", checkpoint_every=100,
+               log_path=None, progress=False)
+    assert len(seen) == 80 and max(seen) < 50 and min(seen) >= 0
+
+
+def test_max_timestep_below_the_last_domain_is_a_config_error():
+    from dasgen.config import config_from_dict
+    from dasgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"diffusion.train.max_timestep: 150 is below ptl.t_final \(200\)"):
+        config_from_dict({"ptl": {"t_final": 200}, "diffusion": {"train": {"max_timestep": 150}}})
+    with pytest.raises(ConfigError, match="exceeds diffusion.num_train_timesteps"):
+        config_from_dict({"diffusion": {"train": {"max_timestep": 1001}}})
+    assert config_from_dict({"ptl": {"t_final": 200},
+                             "diffusion": {"train": {"max_timestep": 200}}}).diffusion.train.max_timestep == 200
+
+
+def test_plan_names_the_ddpm_recipe_deviations():
+    from dasgen.config import config_from_dict
+    from dasgen.stages.plan_report import deviations
+
+    shipped_style = deviations(config_from_dict({}))
+    changed = deviations(config_from_dict({"ptl": {"t_final": 200}, "diffusion": {
+        "train": {"max_timestep": 250, "lr_schedule": "cosine"}}}))
+    new = [note for note in changed if note not in shipped_style and "domain schedule" not in note]
+    assert any("t <= 250" in note for note in new) and any("cosine" in note for note in new) and len(new) == 2
+    pretrained = deviations(config_from_dict({"diffusion": {"pretrained": "ddpm", "train": {"max_timestep": 900}}}))
+    assert not any("t <= 900" in note for note in pretrained)  # a brought DDPM is not trained here

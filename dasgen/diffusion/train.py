@@ -1,8 +1,10 @@
 """DDPM training of the denoiser on unlabelled target images (paper Sec. 3, Eq. 5; settings of Sec. 5.1).
 
 Each step draws a batch x_0, a position t uniformly over the schedule and noise eps, forms x_t with Eq. 2 and takes an
-Adam step on Eq. 5, || eps_theta(x_t, t) - eps ||^2. Optional: an EMA of the weights (DDPM evaluates the EMA model) and
-random horizontal flips (DDPM's CIFAR-10 / LSUN augmentation).
+Adam step on Eq. 5, || eps_theta(x_t, t) - eps ||^2. Optional: an EMA of the weights (DDPM evaluates the EMA model),
+random horizontal flips (DDPM's CIFAR-10 / LSUN augmentation) and a cosine learning-rate decay. The schedule passed in
+may be truncated (``NoiseSchedule.truncated``): t is then drawn from its positions only, a named deviation for
+pipelines whose translations never noise past a known level.
 
 Every random draw (batch, flips, t, eps, dropout) comes from one CPU ``torch.Generator`` seeded with ``seed`` and saved
 with the training state, so a run resumed from ``work_dir`` ends with the same weights as an uninterrupted one.
@@ -79,6 +81,16 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+def learning_rate(base: float, step: int, steps: int, schedule: str) -> float:
+    """The learning rate of step ``step`` (1-based) of ``steps``: ``constant`` (DDPM) or ``cosine`` decay from ``base``
+    to 0 (a function of the step alone, so a resumed run follows the same curve)."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max(steps, 1)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected 'constant' or 'cosine'")
+
+
 def _train_step(
     unet: UNet2DModel,
     optimizer: torch.optim.Optimizer,
@@ -124,6 +136,7 @@ def train_ddpm(
     lr: float,
     adam_betas: tuple[float, float] = (0.9, 0.99),
     ema_decay: float | None,
+    lr_schedule: str = "constant",
     seed: int,
     work_dir: Path,
     checkpoint_every: int,
@@ -137,7 +150,8 @@ def train_ddpm(
     ``generator`` only. Adam with ``lr`` and ``adam_betas`` (Sec. 5.1: 2e-5, (0.9, 0.99)). ``ema_decay`` (e.g. DDPM's
     0.9999) keeps an EMA of the weights with diffusers' ``EMAModel`` warm-up, decay min(ema_decay, (1+n)/(10+n)) at
     update n, which equals DDPM's plain EMA after ~10^5 steps and makes the EMA usable on short toy runs; ``None``
-    turns it off. ``hflip`` flips each image horizontally with probability 1/2.
+    turns it off. ``hflip`` flips each image horizontally with probability 1/2. ``lr_schedule``: see
+    :func:`learning_rate`.
 
     Every ``checkpoint_every`` steps, and at the end, the training state goes to ``work_dir``; a state found there at
     start is resumed (``CheckpointError`` if it was written with other settings or is past ``steps``). The loss of each
@@ -154,9 +168,10 @@ def train_ddpm(
     generator.manual_seed(seed)
     optimizer = torch.optim.Adam(unet.parameters(), lr=lr, betas=tuple(adam_betas))
     ema = EMAModel(unet.parameters(), decay=ema_decay) if ema_decay is not None else None
+    learning_rate(lr, 1, steps, lr_schedule)  # an unknown schedule fails before any work
     fingerprint = _fingerprint(
         unet, schedule, batch_size=batch_size, lr=lr, adam_betas=list(adam_betas), ema_decay=ema_decay, seed=seed,
-        hflip=hflip,
+        hflip=hflip, **({"lr_schedule": lr_schedule} if lr_schedule != "constant" else {}),
     )
     state = dict(model=unet, optimizer=optimizer, ema=ema, generator=generator)
 
@@ -171,6 +186,8 @@ def train_ddpm(
         with _progress(progress) as bar:
             task = bar.add_task("train", total=steps, completed=start, loss=losses[-1] if losses else math.nan)
             for step in range(start + 1, steps + 1):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(lr, step, steps, lr_schedule)
                 loss = _train_step(unet, optimizer, sample_batch, schedule, generator, batch_size, hflip, device)
                 if ema is not None:
                     ema.step(unet.parameters())

@@ -58,9 +58,12 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
     except ValueError as error:  # sizes that do not fit the U-Net's levels or groups: a params problem
         raise ConfigError(f"params: data.resolution / diffusion.unet: {error}") from error
     log_path = ws.diffusion_state / "loss.csv"
-    result = train_ddpm(unet, sample_batch, base_schedule(config), steps=d.train.steps,
+    schedule = base_schedule(config)
+    if d.train.max_timestep is not None:  # deviation: learn only the noise levels the domains use
+        schedule = schedule.truncated(d.train.max_timestep)
+    result = train_ddpm(unet, sample_batch, schedule, steps=d.train.steps,
                         batch_size=d.train.batch_size, lr=d.train.lr, adam_betas=tuple(d.train.adam_betas),
-                        ema_decay=d.train.ema_decay, seed=config.run.seed, work_dir=ws.diffusion_state,
+                        ema_decay=d.train.ema_decay, lr_schedule=d.train.lr_schedule, seed=config.run.seed, work_dir=ws.diffusion_state,
                         checkpoint_every=d.train.checkpoint_every, log_path=log_path, progress=progress)
     sha = save_denoiser(result.model, ws.diffusion_model)
     ws.metrics.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,12 @@ def deviations(config: Config) -> list[str]:
         notes.append(f"guidance scale lambda = {config.sgg.lambda_} (paper: 80)")
     if config.sgg.lcg_normalise != "region":
         notes.append("LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)")
+    train = config.diffusion.train
+    if train.max_timestep is not None and config.diffusion.pretrained is None:
+        notes.append(f"DDPM trained on t <= {train.max_timestep} only (diffusion.train.max_timestep; paper: t ~ U(1, T),"
+                     " Eq. 5)")
+    if train.lr_schedule != "constant" and config.diffusion.pretrained is None:
+        notes.append(f"DDPM learning rate {train.lr_schedule}-annealed (diffusion.train.lr_schedule; paper: constant)")
     if (config.diffusion.num_train_timesteps, config.diffusion.beta_start, config.diffusion.beta_end) != (1000, 1e-4, 0.02):
         notes.append("noise schedule differs from T = 1000, betas 1e-4..0.02")
     return notes
