@@ -278,15 +278,75 @@ def test_segmenter_checkpoint_of_another_architecture_or_class_count(workspace):
 # -- writing: non-empty output, disk full, permission denied ------------------------------------------------------
 
 
-def test_export_into_a_non_empty_directory_needs_force(tmp_path, monkeypatch):
+def test_export_into_a_non_empty_directory_needs_force_and_force_never_clears_foreign_data(tmp_path, monkeypatch):
     root = export_workspace(tmp_path / "ws", 6, monkeypatch)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
     error_line(invoke(root, "export", "--out", str(out)), f"output directory {out} is not empty; use force (--force)")
+    error_line(invoke(root, "export", "--out", str(out), "--force"), f"refusing --force on {out}",
+               "not a dasgen export")
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
-    assert invoke(root, "export", "--out", str(out), "--force").exit_code == 0
-    assert not (out / "notes.txt").exists() and (out / "manifest.json").is_file()
+    earlier = tmp_path / "earlier"
+    assert invoke(root, "export", "--out", str(earlier)).exit_code == 0
+    assert invoke(root, "export", "--out", str(earlier), "--force", "--min-consistency", "0.5").exit_code == 0
+    assert (earlier / "manifest.json").is_file() and not (earlier / ".dasgen-export-incomplete").exists()
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("out, why", [
+    ("source", "is the source dataset (data.source.root)"),
+    ("data/domains/002", "is the domain being exported"),
+    ("data/domains/001", "lies inside the PTL domains (data/domains)"),
+    ("data/domains", "contains the domain being exported"),
+    ("data/g0", "is the source segmenter g_0 (data/g0)"),
+    ("data", "contains the domain being exported"),
+    (".", "contains the domain being exported"),
+    ("source/images/export", "lies inside the source dataset"),
+    ("metrics", "is the pipeline's metrics"),
+])
+def test_export_force_refuses_the_datasets_and_the_workspace_artifacts(tmp_path, monkeypatch, out, why):
+    root = export_workspace(tmp_path / "ws", 4, monkeypatch)
+    (root / "data" / "g0").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "g0" / "segmenter.safetensors").write_bytes(b"weights")
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "g0.json").write_text("{}")
+    before = _tree(root)
+    error_line(invoke(root, "export", "--out", str(root / out), "--force"), "refusing to export into", why)
+    assert _tree(root) == before  # nothing deleted, nothing added
+
+
+def test_export_domain_zero_is_an_error_not_the_last_domain(tmp_path, monkeypatch):
+    root = export_workspace(tmp_path / "ws", 4, monkeypatch)
+    error_line(invoke(root, "export", "--domain", "0", "--out", str(tmp_path / "x")), "--domain 0",
+               "between 1 and ptl.N = 2")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_second_export_into_a_directory_being_written_fails_and_the_first_finishes(tmp_path, monkeypatch):
+    """Two exports at once into one directory: the second meets the first's lock and stops with one line, touching
+    nothing; the first completes and verifies."""
+    import dasgen.store.export_base as export_base
+
+    root = export_workspace(tmp_path / "ws", 6, monkeypatch)
+    out = tmp_path / "shared"
+    second: list = []
+    original = export_base.FileRecord.write_bytes
+
+    def write_then_compete(self, relpath, data):
+        original(self, relpath, data)
+        if not second:  # while the first export holds the lock, mid-way, a second one starts
+            second.append(invoke(root, "export", "--out", str(out), "--min-consistency", "0.0"))
+
+    monkeypatch.setattr(export_base.FileRecord, "write_bytes", write_then_compete)
+    first = invoke(root, "export", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    error_line(second[0], str(out), "another dasgen export is writing into it")
+    monkeypatch.undo()
+    assert invoke(root, "verify", str(out)).exit_code == 0
 
 
 def _failing(monkeypatch, name: str, error: int, when) -> list:
@@ -408,3 +468,31 @@ def test_verify_detects_damage(finished, tmp_path, artifact, damage):
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"{kind} (1): {relpath}" in result.stdout
     assert f"verify failed: {target}: " in result.stderr and f"1 {kind}" in result.stderr
+
+
+# -- source roots: one place, one spelling -------------------------------------------------------------------------
+
+
+def test_a_source_root_spelt_with_a_trailing_slash_keeps_the_finished_domain(workspace):
+    assert invoke(workspace, "translate", "--domain", "1").exit_code == 0
+    domain = Workspace(workspace).domain_dir(1)
+    before = {p.name: p.stat().st_mtime_ns for p in domain.rglob("*") if p.is_file()}
+    for spelling in ("data/toy/source/", "./data/toy/source", str(workspace / "data/toy/source")):
+        result = invoke(workspace, "--set", f"data.source.root={spelling}", "translate", "--domain", "1")
+        assert result.exit_code == 0, result.output
+        assert "already complete" in result.stderr and "afresh" not in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in domain.rglob("*") if p.is_file()} == before
+
+
+def test_translate_refuses_a_scan_of_another_source_root(workspace):
+    other = workspace / "other-source"
+    shutil.copytree(workspace / "data/toy/source", other)
+    for name in sorted((other / "images").iterdir())[4:]:  # a different dataset: fewer images
+        name.unlink()
+        (other / "labels" / name.name).unlink()
+    error_line(invoke(workspace, "--set", "data.source.root=other-source", "translate", "--domain", "1"),
+               "source_pairs.json: scanned from source root 'data/toy/source'", "data.source.root = 'other-source'",
+               "run `dasgen scan`")
+    assert not Workspace(workspace).domain_dir(1).exists()
+    assert invoke(workspace, "--set", "data.source.root=other-source", "scan").exit_code == 0
+    assert invoke(workspace, "--set", "data.source.root=other-source", "translate", "--domain", "1").exit_code == 0

@@ -240,16 +240,28 @@ def test_gate_drops_nan_scores_and_refuses_empty_result(world, tmp_path):
                       progress=False)
 
 
-def test_non_empty_output_is_refused_unless_forced(world, tmp_path):
+def test_force_replaces_only_an_earlier_export(world, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     with pytest.raises(DasgenError, match="busy.*not empty"):
         run(world, out, "parquet")
-    assert (out / "keep.txt").read_text() == "user data"
-    run(world, out, "parquet", force=True)
-    assert not (out / "keep.txt").exists()
-    with pytest.raises(DasgenError, match="inside the domain"):
+    with pytest.raises(DasgenError, match="refusing --force on .*busy: it is not a dasgen export"):
+        run(world, out, "parquet", force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
+
+    earlier = tmp_path / "earlier"
+    run(world, earlier, "parquet")
+    first = (earlier / "manifest.json").read_bytes()
+    run(world, earlier, "cityscapes", force=True)  # an earlier export of ours is replaced whole
+    assert (earlier / "manifest.json").read_bytes() != first and not list(earlier.glob("*.parquet"))
+    (earlier / "notes").mkdir()
+    (earlier / "notes" / "mine.txt").write_text("mine")
+    with pytest.raises(DasgenError, match="it holds notes/mine.txt, which the earlier export's manifest.json"):
+        run(world, earlier, "parquet", force=True)
+    assert (earlier / "notes" / "mine.txt").read_text() == "mine" and (earlier / "manifest.json").is_file()
+
+    with pytest.raises(DasgenError, match="lies inside the domain being exported"):
         run(world, world["domains"]["png"] / "export", "parquet", force=True)
     with pytest.raises(DasgenError, match="unknown export format"):
         run(world, tmp_path / "x", "tiff")

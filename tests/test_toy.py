@@ -61,6 +61,25 @@ def test_rerun_over_existing_dir_gives_the_fresh_tree(tmp_path: Path) -> None:
     assert tree(tmp_path / "out") == tree(tmp_path / "fresh")
 
 
+def test_rerun_removes_only_files_the_generator_writes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    generate_toy(out, seed=0, n_source=7, n_target_train=6, n_target_val=5)
+    mine = {
+        "source/images/my-photo.png": b"a user's image",
+        "source/labels/notes.txt": b"a user's notes",
+        "source/images/.my-photo.png.abc.tmp": b"a temp file of some other tool",
+        f"target/leftImg8bit/val/{CITY}/{CITY}_000000_000000_leftImg8bit.jpg": b"not a name the toy writes",
+        "target/leftImg8bit/val/munich/munich_000000_000001_leftImg8bit.png": b"another city",
+    }
+    for rel, data in mine.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    generate_toy(out, seed=0, **SMALL)
+    generate_toy(tmp_path / "fresh", seed=0, **SMALL)
+    assert {k: v for k, v in tree(out).items() if k not in mine} == tree(tmp_path / "fresh")
+    assert all((out / rel).read_bytes() == data for rel, data in mine.items())
+
+
 def test_written_layout_and_label_modes(tmp_path: Path) -> None:
     summary = generate_toy(tmp_path, seed=0, height=24, width=40, **SMALL)
     assert summary["classes"] == list(TOY_CLASSES)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -567,13 +568,24 @@ def _write(path: Path, data: bytes, written: set[Path]) -> None:
     written.add(path)
 
 
+_OWNED_NAME = re.compile(r"^(\d{5}\.png|" + CITY + r"_000000_\d{6}_(leftImg8bit|gtFine_labelIds|gtFine_labelTrainIds"
+                         r"|gtFine_color)\.png)$")  # the only file names generate_toy writes in its folders
+
+
 def _prune(dirs: Iterable[Path], keep: set[Path]) -> None:
-    """Remove files a previous run with other counts left in our directories (and leftover temporary files)."""
+    """Remove toy files a previous run with other counts left in our directories (and our leftover temporary files).
+
+    Only names this generator writes are ever removed: a user's own file in the same folder stays where it is.
+    """
     for folder in dirs:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if path.is_file() and (path not in keep or is_temp_name(path.name)):
+            if not path.is_file() or path.is_symlink() or path in keep:
+                continue
+            # a temporary file of ours is ".<final name>.<hex>.tmp" (store.atomic.temp_name)
+            final = path.name[1:].rsplit(".", 2)[0] if is_temp_name(path.name) else path.name
+            if _OWNED_NAME.match(final):
                 path.unlink()
 
 

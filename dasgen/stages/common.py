@@ -46,8 +46,33 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def load_source_pairs(ws: Workspace) -> tuple[list[Entry], dict]:
-    """The scan stage's usable source entries, and the whole record (for provenance)."""
+def canonical_root(root: str, ws_root: Path) -> str:
+    """A dataset root as one spelling: resolved (``data/x/``, ``./data/x`` and a symlink to it are the same place),
+    relative to the workspace when it lies inside it (so a moved or cloned workspace keeps its fingerprints), else
+    absolute. Used wherever a root is compared or fingerprinted."""
+    base = ws_root.resolve()
+    path = (base / root).resolve()
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def load_source_pairs(ws: Workspace, config: Config | None = None) -> tuple[list[Entry], dict]:
+    """The scan stage's usable source entries, and the whole record (for provenance).
+
+    With ``config``, the scan must be of the dataset the params name (kind, root, split, bad-pair policy): a scan of
+    another source would silently translate the wrong images, so it is refused with the command that redoes it.
+    """
     record = read_json(ws.source_pairs)
+    if config is not None:
+        src = config.data.source
+        expected = {"kind": src.kind, "root": canonical_root(src.root, ws.root), "split": src.split}
+        found = {"kind": record.get("kind"), "split": record.get("split"),
+                 "root": canonical_root(str(record.get("root")), ws.root)}
+        if found != expected:
+            key = next(k for k in expected if expected[k] != found[k])
+            raise DasgenError(f"{ws.source_pairs}: scanned from source {key} {found[key]!r}, but params name "
+                              f"data.source.{key} = {expected[key]!r}; run `dasgen scan` (or `dvc repro`) first")
     entries = [Entry(**e) for e in record["entries"]]
     return entries, record

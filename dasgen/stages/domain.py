@@ -42,7 +42,7 @@ from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune
 from dasgen.stages.chains import domain_chain
-from dasgen.stages.common import load_source_pairs, resolve_device, source_reader, write_json
+from dasgen.stages.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.stages.distributed import DistContext, data_parallel_segmenter
 from dasgen.stages.g0 import augment_settings
 from dasgen.stages.segmenters import score_on_target, target_val_store
@@ -103,7 +103,7 @@ def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
     return {
         "n": n,
         "params": {"ptl": ptl, "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
-                   "source": d["data"]["source"],
+                   "source": d["data"]["source"] | {"root": canonical_root(config.data.source.root, ws.root)},
                    "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
         "diffusion_sha256": sha256_file(_required(ws.diffusion_model / "diffusion_pytorch_model.safetensors",
                                                   "dasgen train-diffusion")),
@@ -239,7 +239,7 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     device = resolve_device(config.run.device)
     if ctx.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    entries, source_record = load_source_pairs(ws)
+    entries, source_record = load_source_pairs(ws, config)
     plan = plan_domain(config, n, [e.id for e in entries])
     out = ws.domain_dir(n, config.ptl.N)
     fingerprint = domain_fingerprint(config, n, ws)

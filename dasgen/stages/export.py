@@ -16,7 +16,7 @@ from dasgen.store.export_common import export_domain
 
 def source_label_loader(config: Config, ws: Workspace, size: str):
     """``row -> uint8 label ids`` for an index row: the source label, resized (nearest) to the exported size."""
-    entries, _ = load_source_pairs(ws)
+    entries, _ = load_source_pairs(ws, config)
     by_id = {e.id: e for e in entries}
     reader = source_reader(config, ws.root)
 
@@ -37,9 +37,10 @@ def run_export(config: Config, ws: Workspace, *, fmt: str | None = None, out: Pa
                force: bool = False, progress: bool = True) -> dict:
     """Export domain ``domain`` (default: the last, N) in ``fmt`` to ``out`` (defaults from ``params.yaml: export``)."""
     e = config.export
-    n = domain or config.ptl.N
+    n = config.ptl.N if domain is None else domain
     if not 1 <= n <= config.ptl.N:
-        raise DasgenError(f"--domain {n}: must be between 1 and ptl.N = {config.ptl.N}")
+        raise DasgenError(f"--domain {n}: must be between 1 and ptl.N = {config.ptl.N} (domain 0 is the source "
+                          "dataset itself, which has nothing translated to export)")
     domain_dir = ws.domain_dir(n, config.ptl.N)
     if not (domain_dir / "index.parquet").is_file():
         raise DasgenError(f"{domain_dir}: no finished domain artifact (run `dasgen translate --domain {n}` first)")
@@ -48,4 +49,18 @@ def run_export(config: Config, ws: Workspace, *, fmt: str | None = None, out: Pa
                          label_loader=source_label_loader(config, ws, size), size=size,
                          min_consistency=min_consistency if min_consistency is not None else e.min_consistency,
                          force=force, shard_size=e.shard_size, progress=progress, license=config.data.license,
-                         license_note=config.data.license_note)
+                         license_note=config.data.license_note, protect=protected_paths(config, ws))
+
+
+def protected_paths(config: Config, ws: Workspace) -> dict[Path, str]:
+    """What an export may never be written into, over or around: the datasets it reads and the pipeline's artifacts."""
+    return {
+        ws.root / config.data.source.root: "the source dataset (data.source.root)",
+        ws.root / config.data.target_root: "the target dataset (data.target_root)",
+        ws.root / config.toy.out: "the toy datasets (toy.out)",
+        ws.source_pairs: "the source scan (data/source_pairs.json)",
+        ws.diffusion_dir: "the target DDPM (data/diffusion)",
+        ws.g0_dir: "the source segmenter g_0 (data/g0)",
+        ws.domain_dir(1, config.ptl.N).parent: "the PTL domains (data/domains)",
+        ws.metrics: "the pipeline's metrics (metrics/)",
+    }

@@ -34,7 +34,7 @@ def run_train_g0(config: Config, ws: Workspace, *, progress: bool = True, consol
     console = console or Console(stderr=True)
     device = resolve_device(config.run.device)
     started = time.time()
-    entries, _ = load_source_pairs(ws)
+    entries, _ = load_source_pairs(ws, config)
     store = PairStore(source_reader(config, ws.root), entries, config.data.resolution)
     st = config.segmenter.source_train
     model = new_segmenter(config, ws.root).to(device)

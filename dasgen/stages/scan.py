@@ -17,7 +17,7 @@ from dasgen.config import Config
 from dasgen.datasets.pairs import scan_pairs
 from dasgen.errors import DatasetError
 from dasgen.labels import IGNORE_INDEX, id_to_train_id
-from dasgen.stages.common import source_reader, write_json
+from dasgen.stages.common import canonical_root, source_reader, write_json
 from dasgen.stages.workspace import Workspace
 
 
@@ -42,7 +42,7 @@ def run_scan(config: Config, ws: Workspace, *, console: Console | None = None) -
                            f"(first: {bad[0].id}: {bad[0].reason})" if bad else f"{reader.root}: no source pairs")
     record = {
         "kind": config.data.source.kind,
-        "root": config.data.source.root,
+        "root": canonical_root(config.data.source.root, ws.root),
         "split": config.data.source.split,
         "entries": [asdict(e) for e in entries],
         "mean_classes_per_image": round(float(np.mean(class_counts)), 2) if class_counts else None,

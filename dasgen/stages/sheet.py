@@ -147,7 +147,7 @@ def _domain_reader(directory: Path) -> tuple[DomainWriter, set[str]]:
 
 
 def _source_store(config: Config, ws: Workspace) -> PairStore:
-    entries, _ = load_source_pairs(ws)
+    entries, _ = load_source_pairs(ws, config)
     return PairStore(source_reader(config, ws.root), entries, config.data.resolution)
 
 

@@ -24,10 +24,7 @@ import yaml
 
 import dasgen
 from dasgen.labels import CITYSCAPES_LABELS, IGNORE_INDEX
-from dasgen.store.export_base import ExportPlan
-
-MANIFEST_FILE = "manifest.json"
-CARD_FILE = "README.md"
+from dasgen.store.export_base import CARD_FILE, MANIFEST_FILE, ExportPlan  # noqa: F401 (CARD_FILE, MANIFEST_FILE: API)
 MANIFEST_VERSION = 1
 
 

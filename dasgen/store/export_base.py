@@ -7,10 +7,11 @@ Items are produced one at a time from the domain's index order, so an export nev
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,6 +31,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; exports there are not locked
+    fcntl = None  # type: ignore[assignment]
 
 from dasgen.errors import DasgenError
 from dasgen.store.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
@@ -194,40 +200,135 @@ class FileRecord:
         self.files[relpath_posix(path, self.root)] = sha256_file(path)
 
 
+MANIFEST_FILE = "manifest.json"  # written last by every export: its presence means the export is complete
+CARD_FILE = "README.md"  # the dataset card
+
 IN_PROGRESS_FILE = ".dasgen-export-incomplete"
 """Written first into an export directory and turned into ``manifest.json`` by the last rename: while it exists the
 directory holds an unfinished export of ours, which the same command may empty and redo without ``--force``."""
 
 
-def prepare_out_dir(out_dir: Path, *, force: bool, protect: Path) -> None:
-    """Create ``out_dir`` and mark it unfinished (:data:`IN_PROGRESS_FILE`).
+def _relation(out: Path, guarded: Path) -> str | None:
+    """How resolved ``out`` touches resolved ``guarded``: "is", "lies inside", "contains", or None."""
+    if out == guarded:
+        return "is"
+    if guarded in out.parents:
+        return "lies inside"
+    if out in guarded.parents:
+        return "contains"
+    return None
 
-    A non-empty ``out_dir`` is refused unless ``force``, or unless it holds the marker of an export that was killed or
-    failed (rerunning the command restarts that export: no ``--force`` needed). Either way it is emptied first,
-    marker last, so a kill while emptying leaves it still resumable. Even with ``force``, a directory that is, or
-    contains, ``protect`` (the domain being exported), the filesystem root or the home directory is never emptied.
+
+def check_out_dir_location(out_dir: Path, protect: Mapping[Path, str]) -> None:
+    """Refuse an output directory that is, lies inside or contains a protected path (the domain being exported, the
+    source and target roots, the workspace's artifacts: ``{path: what it is}``), or the filesystem root / home."""
+    real = out_dir.resolve()
+    if real == Path(real.anchor) or real == Path.home().resolve():
+        raise DasgenError(f"refusing to export into {out_dir}: it is the filesystem root or the home directory")
+    for path, what in protect.items():
+        relation = _relation(real, path.resolve())
+        if relation is not None:
+            raise DasgenError(f"refusing to export into {out_dir}: it {relation} {what} ({path}); choose another --out")
+
+
+def _earlier_export_files(out_dir: Path) -> set[str] | None:
+    """The files an earlier, finished dasgen export wrote into ``out_dir`` (from its manifest), or None if
+    ``out_dir/manifest.json`` is missing or is not a dasgen export manifest."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(manifest, dict) and "manifest_version" in manifest and isinstance(manifest.get("files"), dict)
+            and "format" in manifest):
+        return None
+    return {str(name) for name in manifest["files"]} | {MANIFEST_FILE}
+
+
+def _foreign_entry(out_dir: Path, owned: set[str]) -> str | None:
+    """The first file or link under ``out_dir`` that is not in ``owned`` (POSIX relative paths), else the first
+    folder that holds none of ``owned``, else None."""
+    entries = sorted(out_dir.rglob("*"))
+    for path in entries:
+        if (path.is_symlink() or not path.is_dir()) and path.relative_to(out_dir).as_posix() not in owned:
+            return path.relative_to(out_dir).as_posix()
+    for path in entries:
+        rel = path.relative_to(out_dir).as_posix()
+        if path.is_dir() and not path.is_symlink() and not any(name.startswith(rel + "/") for name in owned):
+            return rel + "/"
+    return None
+
+
+def prepare_out_dir(out_dir: Path, *, force: bool, protect: Mapping[Path, str]) -> None:
+    """Make ``out_dir`` an empty directory marked unfinished (:data:`IN_PROGRESS_FILE`), or refuse with one line.
+
+    Call it holding :func:`locked_out_dir`. Never touched: a directory that is, lies inside or contains a ``protect``
+    path (:func:`check_out_dir_location`). An empty directory is used as it is. A non-empty one is emptied only if
+    it holds an unfinished export of ours (its marker: rerunning the command redoes it, no ``--force`` needed), or,
+    with ``force``, exactly the files of an earlier finished dasgen export (its ``manifest.json`` lists them); anything
+    else in it -- a dataset, a user's file -- is refused by name. Emptying removes the marker last, so a kill while
+    emptying leaves the directory still resumable.
     """
+    check_out_dir_location(out_dir, protect)
     if out_dir.exists() and not out_dir.is_dir():
         raise DasgenError(f"output {out_dir} exists and is not a directory")
-    real, guarded = out_dir.resolve(), protect.resolve()
-    if real == guarded or guarded in real.parents:
-        raise DasgenError(f"output directory {out_dir} is inside the domain {protect}; choose another one")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         unfinished = (out_dir / IN_PROGRESS_FILE).is_file()
-        if not force and not unfinished:
-            raise DasgenError(f"output directory {out_dir} is not empty; use force (--force) to overwrite it")
-        if real == guarded or real in guarded.parents or real == Path(real.anchor) or real == Path.home().resolve():
-            raise DasgenError(f"refusing to empty {out_dir}: it holds the domain being exported or is a system dir")
-        for child in sorted(out_dir.iterdir(), key=lambda c: c.name == IN_PROGRESS_FILE):  # the marker last
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        if not unfinished:
+            if not force:
+                raise DasgenError(f"output directory {out_dir} is not empty; use force (--force) to overwrite an "
+                                  "earlier export there")
+            owned = _earlier_export_files(out_dir)
+            if owned is None:
+                raise DasgenError(f"refusing --force on {out_dir}: it is not a dasgen export (no dasgen "
+                                  f"{MANIFEST_FILE}), so it may hold data of yours; choose an empty or new --out")
+            foreign = _foreign_entry(out_dir, owned | {CARD_FILE})
+            if foreign is not None:
+                raise DasgenError(f"refusing --force on {out_dir}: it holds {foreign}, which the earlier export's "
+                                  f"{MANIFEST_FILE} does not list; move it away first")
+        try:
+            for child in sorted(out_dir.iterdir(), key=lambda c: c.name == IN_PROGRESS_FILE):  # the marker last
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        except OSError as error:
+            raise DasgenError(f"cannot empty output directory {out_dir}: {error.strerror or error} "
+                              f"({error.filename or out_dir})") from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / IN_PROGRESS_FILE, "unfinished dasgen export: rerun the same command to redo it\n")
+    except OSError as error:
+        raise DasgenError(f"cannot write output directory {out_dir}: {error.strerror or error}") from None
+
+
+@contextmanager
+def locked_out_dir(out_dir: Path, protect: Mapping[Path, str]) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``out_dir`` (created if missing) for the whole export.
+
+    A second export into the same directory fails at once with one line instead of emptying the first one's work.
+    The lock is ``flock`` on the directory itself, so the kernel drops it when the holder exits or is killed: no
+    stale lock file to clean up. (Where ``fcntl`` does not exist, e.g. Windows, exports are not locked.)
+    """
+    check_out_dir_location(out_dir, protect)  # before creating anything
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DasgenError(f"output {out_dir} exists and is not a directory")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DasgenError(f"cannot create output directory {out_dir}: {error.strerror or error}") from error
-    atomic_write_text(out_dir / IN_PROGRESS_FILE, "unfinished dasgen export: rerun the same command to redo it\n")
+        raise DasgenError(f"cannot create output directory {out_dir}: {error.strerror or error}") from None
+    if fcntl is None:
+        yield
+        return
+    handle = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DasgenError(f"{out_dir}: another dasgen export is writing into it right now; wait for it to "
+                              "finish (or stop it), then rerun") from None
+        yield
+    finally:
+        os.close(handle)  # closing the descriptor releases the lock
 
 
 def finish_out_dir(out_dir: Path, manifest_name: str, text: str) -> None:

@@ -9,6 +9,7 @@ at a time, applies the ``min_consistency`` quality gate, writes a dataset card a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from dasgen.store.export_base import (
     drop_marker_if_alone,
     finish_out_dir,
     iter_items,
+    locked_out_dir,
     make_plan,
     prepare_out_dir,
     progress_bar,
@@ -52,13 +54,16 @@ def export_domain(
     license: str = "other",
     license_note: str | None = None,
     city: str | None = None,
+    protect: Mapping[Path, str] | None = None,
 ) -> dict[str, Any]:
     """Export the domain at ``domain_dir`` into ``out_dir`` as ``fmt``; returns a summary dict.
 
     ``size``: ``"translation"`` (the domain's resolution) or ``"source"`` (each source image's resolution, from
     ``source_size_loader`` or else the label's shape). ``min_consistency`` leaves out rows scoring below it (NaN
-    fails). ``force`` empties a non-empty ``out_dir`` (otherwise refused, except an unfinished export of this
-    tool, which a rerun redoes: see ``prepare_out_dir``). ``shard_size``: rows per Parquet shard.
+    fails). ``force`` replaces an earlier dasgen export in ``out_dir`` (anything else there is refused, and an
+    unfinished export of this tool is redone without it: see ``prepare_out_dir``). ``protect``: ``{path: what it
+    is}`` that ``out_dir`` may not be, lie inside or contain (the domain itself always is). The export holds an OS
+    lock on ``out_dir`` throughout (``locked_out_dir``). ``shard_size``: rows per Parquet shard.
     ``license``/``license_note``: the source dataset's terms for the card. ``city``: Cityscapes city name
     (default: the source kind from the provenance).
     """
@@ -69,63 +74,66 @@ def export_domain(
     if shard_size < 1:
         raise DasgenError(f"shard_size must be >= 1, got {shard_size}")
     domain_dir, out_dir = Path(domain_dir), Path(out_dir)
+    guarded = {domain_dir: "the domain being exported", **(protect or {})}
     started = time.perf_counter()
     table = read_index(domain_dir)
     provenance = read_provenance(domain_dir)
     plan = make_plan(table.to_pylist(), min_consistency)
     source = provenance.get("source") if isinstance(provenance.get("source"), dict) else {}
     kind = str(source.get("kind", ""))
-    prepare_out_dir(out_dir, force=force, protect=domain_dir)
+    with locked_out_dir(out_dir, guarded):
+        prepare_out_dir(out_dir, force=force, protect=guarded)
 
-    files = FileRecord(out_dir)
-    exporter = EXPORTERS[fmt](
-        files, plan, shard_size=shard_size, size=size, city=city_name(city if city is not None else kind)
-    )
-    sizes: set[tuple[int, int]] = set()
-    items = iter_items(domain_dir, plan, label_loader=label_loader, size=size, source_size_loader=source_size_loader)
-    try:
-        with progress_bar(len(plan.kept), f"export {fmt}", enabled=progress) as advance:
-            for item in items:
-                exporter.add(item)
-                sizes.add(item.size)
-                advance()
-    except BaseException:
-        exporter.abort()  # no half-written shard or HDF5 file is left under a temp name; no manifest is written
-        drop_marker_if_alone(out_dir)  # else the marker stays: rerunning the command redoes the export
-        raise
-    extra = exporter.close()
+        files = FileRecord(out_dir)
+        exporter = EXPORTERS[fmt](
+            files, plan, shard_size=shard_size, size=size, city=city_name(city if city is not None else kind)
+        )
+        sizes: set[tuple[int, int]] = set()
+        items = iter_items(domain_dir, plan, label_loader=label_loader, size=size,
+                           source_size_loader=source_size_loader)
+        try:
+            with progress_bar(len(plan.kept), f"export {fmt}", enabled=progress) as advance:
+                for item in items:
+                    exporter.add(item)
+                    sizes.add(item.size)
+                    advance()
+        except BaseException:
+            exporter.abort()  # no half-written shard or HDF5 file is left under a temp name; no manifest is written
+            drop_marker_if_alone(out_dir)  # else the marker stays: rerunning the command redoes the export
+            raise
+        extra = exporter.close()
 
-    first = plan.kept[0]
-    domain = {
-        "name": domain_dir.name,
-        "n": first["domain"],
-        "t": first["t"],
-        "image_format": index_image_format(table),
-        "index_sha256": sha256_file(domain_dir / INDEX_FILE),
-    }
-    image_sizes = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
-    splits = list(plan.per_split)
-    layout, how_to_load = exporter.card(splits)
-    configs = exporter.yaml_configs() if hasattr(exporter, "yaml_configs") else None
-    card = card_yaml(plan=plan, license=license, source_kind=kind, configs=configs)
-    card += card_markdown(
-        fmt=fmt,
-        plan=plan,
-        domain=domain,
-        provenance=provenance,
-        size=size,
-        image_sizes=image_sizes,
-        license=license,
-        license_note=license_note,
-        layout=layout,
-        how_to_load=how_to_load,
-    )
-    files.write_text(CARD_FILE, card)
-    options = {"size": size, "min_consistency": min_consistency, "shard_size": shard_size, "license": license}
-    manifest = build_manifest(
-        fmt=fmt, plan=plan, domain=domain, provenance=provenance, options=options, files=files.files
-    )
-    finish_out_dir(out_dir, MANIFEST_FILE, dumps_json(manifest))  # last, fsync, replaces the in-progress marker
+        first = plan.kept[0]
+        domain = {
+            "name": domain_dir.name,
+            "n": first["domain"],
+            "t": first["t"],
+            "image_format": index_image_format(table),
+            "index_sha256": sha256_file(domain_dir / INDEX_FILE),
+        }
+        image_sizes = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
+        splits = list(plan.per_split)
+        layout, how_to_load = exporter.card(splits)
+        configs = exporter.yaml_configs() if hasattr(exporter, "yaml_configs") else None
+        card = card_yaml(plan=plan, license=license, source_kind=kind, configs=configs)
+        card += card_markdown(
+            fmt=fmt,
+            plan=plan,
+            domain=domain,
+            provenance=provenance,
+            size=size,
+            image_sizes=image_sizes,
+            license=license,
+            license_note=license_note,
+            layout=layout,
+            how_to_load=how_to_load,
+        )
+        files.write_text(CARD_FILE, card)
+        options = {"size": size, "min_consistency": min_consistency, "shard_size": shard_size, "license": license}
+        manifest = build_manifest(
+            fmt=fmt, plan=plan, domain=domain, provenance=provenance, options=options, files=files.files
+        )
+        finish_out_dir(out_dir, MANIFEST_FILE, dumps_json(manifest))  # last, fsync, replaces the in-progress marker
     seconds = time.perf_counter() - started
     return {
         "format": fmt,
