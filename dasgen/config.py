@@ -140,6 +140,7 @@ class SGGConfig:
                          "none"] = "alternate"  # Tab. 5: alternate is best; lcg-only/gsg-only/none for Tab. 2
     max_copies_per_pass: int = knob(64, min=1)  # LCG masked copies per segmenter pass (memory budget)
     lcg_normalise: Literal["region", "image"] = "region"  # LCG CE mean over the class region | over the image
+    gradient_at: Literal["x_t", "x0_hat"] = "x_t"  # segmenter sees x_k (paper) | the denoised estimate (deviation)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class PTLConfig:
     N: int = knob(4, min=1)  # number of intermediate domains; paper: 600
     t_final: int = knob(400, min=1)  # noise level of the last domain t_N; paper: 600 (t_n = n)
     steps_per_domain: Optional[int] = knob(25, min=1)  # respaced reverse steps per domain; None = all t_n (paper)
+    reverse_variance: Literal["beta", "posterior"] = "beta"  # sampling noise: beta_t (paper) | beta-tilde_t
     images_per_domain: int = knob(128, min=1)  # intermediate domains translate a sample; paper: 600
     translate_batch_size: int = knob(32, min=1)  # images per U-Net / segmenter batch (no effect on results)
     image_format: Literal["png", "parquet"] = "png"  # parquet shards scale better under DVC

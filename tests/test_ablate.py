@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import write_tiny_params
 from dasgen.cli import app
-from dasgen.errors import ConfigError, DasgenError
+from dasgen.errors import ConfigError
 from dasgen.stages import ablate
 from dasgen.stages.ablate import load_spec, run_ablation, variant_config
 

@@ -94,11 +94,30 @@ class NoiseSchedule:
         """Sigma_theta = beta_t I (Sec. 5.1, DDPM's fixed variance), broadcastable to ``like``."""
         return self._at(self.betas, t, like)
 
-    def p_sample(self, mean: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-        """Eqs. 3 / 8: x_{t-1} ~ N(mean, beta_t I). As in DDPM (Alg. 2) the last step (position 0) adds no noise."""
+    def posterior_variance(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """beta-tilde_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t): the variance of q(x_{t-1} | x_t, x_0)
+        (DDPM Eq. 7, its "fixed small" choice). Equal to beta_t up to O(beta) on the full chain; much smaller than
+        the respaced beta' when a step jumps many original steps. 0 at position 0."""
+        alpha_bars = self.alpha_bars
+        previous = torch.cat([torch.ones(1, dtype=alpha_bars.dtype, device=alpha_bars.device), alpha_bars[:-1]])
+        return self._at(self.betas * (1.0 - previous) / (1.0 - alpha_bars), t, like)
+
+    def predict_x0(self, x_t: torch.Tensor, t: int | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Eq. 2 solved for x_0: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+        alpha_bar = self._at(self.alpha_bars, t, x_t)
+        return (x_t - (1.0 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+    def p_sample(self, mean: torch.Tensor, t: int, noise: torch.Tensor, variance: str = "beta") -> torch.Tensor:
+        """Eqs. 3 / 8: x_{t-1} ~ N(mean, Sigma); Sigma = beta_t I (paper, ``variance="beta"``) or the posterior
+        variance beta-tilde_t I (``"posterior"``, a named deviation for respaced chains). As in DDPM (Alg. 2) the last
+        step (position 0) adds no noise."""
         if t == 0:
             return mean
-        return mean + self.sigma(t, mean).sqrt() * noise
+        if variance == "beta":
+            return mean + self.sigma(t, mean).sqrt() * noise
+        if variance == "posterior":
+            return mean + self.posterior_variance(t, mean).sqrt() * noise
+        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
 
     def timestep_for_model(self, t: int, batch: int, device: torch.device | str) -> torch.Tensor:
         """The original timestep the denoiser is conditioned on at position ``t``, as a (batch,) int64 tensor."""

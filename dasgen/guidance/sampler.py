@@ -43,12 +43,18 @@ class Guidance:
     scale: float = 80.0  # lambda (Sec. 5.1: lambda = 80)
     max_copies_per_pass: int = 64  # LCG masked copies per segmenter pass: bounds memory, not the result
     lcg_normalise: str = "region"  # LCG loss: mean over the class region (default) or over the image (sgg.py)
+    # Where the segmenter looks: the noisy x_k (paper, Eqs. 6 and 10) or the denoised estimate x0_hat(x_k, eps)
+    # (deviation, after FreeDoM / MPGD: a clean-image segmenter judges a clean-looking image; the gradient is taken
+    # with respect to x0_hat and not propagated through the U-Net, so it costs what the paper's does).
+    gradient_at: str = "x_t"
 
     def __post_init__(self) -> None:
         plan = tuple(self.plan)
         unknown = sorted({str(m) for m in plan if m not in (LCG, GSG, None)})
         if unknown:
             raise ValueError(f"Guidance.plan entries must be 'lcg', 'gsg' or None, got {unknown}")
+        if self.gradient_at not in ("x_t", "x0_hat"):
+            raise ValueError(f"Guidance.gradient_at must be 'x_t' or 'x0_hat', got {self.gradient_at!r}")
         object.__setattr__(self, "plan", plan)
 
 
@@ -93,12 +99,15 @@ def translate(
     guidance: Guidance | None = None,
     on_step: Callable[[int], None] | None = None,
     memory_format: torch.memory_format | None = None,
+    variance: str = "beta",
 ) -> torch.Tensor:
     """phi^n(x0) over ``schedule`` (n = len(schedule)), guided by ``guidance`` if given; returns (B, 3, H, W).
 
     ``x0`` (B, 3, H, W) in [-1, 1]; ``labels`` (B, H, W) int64 trainIds, 255 = ignore (needed only with guidance);
     ``generators`` one CPU generator per image; ``on_step(i)`` is called after reverse step i (for progress bars).
     ``memory_format``: layout of the denoiser's and segmenter's inputs (default: ``preferred_memory_format``).
+    ``variance``: the sampling noise of Eqs. 3 / 8, ``"beta"`` (paper: Sigma = beta_t) or ``"posterior"``
+    (beta-tilde_t, a named deviation); the guidance step keeps lambda * beta_t either way.
     ``len(schedule) == 0`` is phi^0, the identity. The output is not clamped (the caller quantises with to_uint8).
     """
     n_steps = len(schedule)
@@ -107,6 +116,8 @@ def translate(
         raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
     if len(generators) != batch:
         raise ValueError(f"need one generator per image: {len(generators)} generators for {batch} images")
+    if variance not in ("beta", "posterior"):
+        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
     if n_steps == 0:
         return x0.clone()
     guided = guidance is not None and any(module is not None for module in guidance.plan)
@@ -131,15 +142,20 @@ def translate(
         mean = schedule.p_mean(x, position, eps)  # Eq. 4: mu_theta(x_k, k)
         module = guidance.plan[step] if guidance is not None else None
         if module is not None:
+            seen = x if guidance.gradient_at == "x_t" else schedule.predict_x0(x, position, eps).clamp(-1.0, 1.0)
             if module == LCG:  # Eqs. 6-9
-                grad = lcg_gradient(guidance.segmenter, x, labels, regions=regions,
+                grad = lcg_gradient(guidance.segmenter, seen, labels, regions=regions,
                                     max_copies_per_pass=guidance.max_copies_per_pass, memory_format=memory_format,
                                     normalise=guidance.lcg_normalise)
             else:  # Eq. 10
-                grad = gsg_gradient(guidance.segmenter, x, labels, memory_format=memory_format)
-            mean = mean - guidance.scale * schedule.sigma(position, mean) * grad  # Eq. 7, descending the CE
+                grad = gsg_gradient(guidance.segmenter, seen, labels, memory_format=memory_format)
+            # Eq. 7 with Sigma = beta_t; minus: a step that lowers the CE (the paper's "+" reads as descent). Under
+            # respacing beta_t is the step's beta' (it spans several original steps, so the summed guidance over the
+            # chain matches the full chain's). LCG's grad is sum_c m_c grad_c: Eq. 9's recombination of the per-class
+            # guided means, exact because the masks partition the image and share one noise draw (sgg.py).
+            mean = mean - guidance.scale * schedule.sigma(position, mean) * grad
         noise = _draw_noise(generators, image_shape, x) if position > 0 else None  # no noise at the last step
-        x = schedule.p_sample(mean, position, noise)  # Eqs. 3 / 8
+        x = schedule.p_sample(mean, position, noise, variance)  # Eqs. 3 / 8
         if on_step is not None:
             on_step(step)
     return x.contiguous()

@@ -17,7 +17,6 @@ translates every usable source image -- the dataset users export. The stage is r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -35,8 +34,7 @@ from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.unet import load_denoiser, make_eps_fn
 from dasgen.errors import CheckpointError, DasgenError
-from dasgen.guidance.arrangement import guidance_plan
-from dasgen.guidance.sampler import Guidance, autocast_denoiser, translate
+from dasgen.guidance.sampler import autocast_denoiser, translate
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
@@ -45,6 +43,7 @@ from dasgen.stages.chains import domain_chain
 from dasgen.stages.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.stages.distributed import DistContext, data_parallel_segmenter
 from dasgen.stages.g0 import augment_settings
+from dasgen.stages.guided import domain_guidance, sampler_options
 from dasgen.stages.segmenters import score_on_target, target_val_store
 from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import sha256_file
@@ -151,12 +150,7 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
                             expect_arch=config.segmenter.arch, expect_classes=19)
     g_prev.eval().requires_grad_(False)
     chain = domain_chain(config, plan.n)
-    guidance = None
-    if config.ptl.guided and config.sgg.arrangement != "none":
-        steps_plan = guidance_plan(config.sgg.arrangement, len(chain), image_seed(config.run.seed, plan.n, "plan"))
-        guidance = Guidance(segmenter=g_prev, scale=config.sgg.lambda_, plan=steps_plan,
-                            max_copies_per_pass=config.sgg.max_copies_per_pass,
-                            lcg_normalise=config.sgg.lcg_normalise)
+    guidance = domain_guidance(config, g_prev, plan.n, len(chain))
     done = writer.done_ids()
     ctx.barrier()  # every rank has read the same finished set before any rank writes
     size = config.ptl.translate_batch_size
@@ -173,7 +167,7 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
             x0, labels = store.batch(batch)
             generators = [image_generator(config.run.seed, plan.n, i) for i in batch]
             out = translate(x0.to(device), labels.to(device), denoiser=eps_fn, schedule=chain,
-                            generators=generators, guidance=guidance)
+                            generators=generators, guidance=guidance, **sampler_options(config))
             images = [to_uint8(img) for img in out]
             with torch.inference_mode():
                 quantised = torch.stack([to_model_tensor(img) for img in images]).to(device)

@@ -52,6 +52,11 @@ def deviations(config: Config) -> list[str]:
         notes.append("U-Net forward under bf16 autocast (ptl.unet_bf16; paper: float32)")
     if config.sgg.lambda_ != 80.0:
         notes.append(f"guidance scale lambda = {config.sgg.lambda_} (paper: 80)")
+    if config.ptl.reverse_variance != "beta":
+        notes.append("sampling noise with the posterior variance beta-tilde_t (ptl.reverse_variance = posterior; "
+                     "paper: Sigma = beta_t)")
+    if config.sgg.gradient_at != "x_t":
+        notes.append("guidance gradient taken at the denoised estimate x0_hat (sgg.gradient_at = x0_hat; paper: at x_k)")
     if config.sgg.lcg_normalise != "region":
         notes.append("LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)")
     train = config.diffusion.train

@@ -7,7 +7,6 @@ stage crashes on the 20,000th file after an hour, and the export's manifest can 
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console

@@ -26,12 +26,12 @@ from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.unet import load_denoiser, make_eps_fn
 from dasgen.errors import DasgenError
-from dasgen.guidance.arrangement import guidance_plan
-from dasgen.guidance.sampler import Guidance, translate
+from dasgen.guidance.sampler import translate
 from dasgen.labels import IGNORE_INDEX, train_id_to_color
-from dasgen.seeding import image_generator, image_seed
+from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.stages.chains import domain_chain
+from dasgen.stages.guided import domain_guidance, sampler_options
 from dasgen.stages.common import load_source_pairs, resolve_device, source_reader
 from dasgen.stages.domain import image_consistency
 from dasgen.stages.workspace import Workspace
@@ -203,15 +203,11 @@ def guidance_sheet(config: Config, ws: Workspace, out: Path, *, count: int = 4, 
     columns = [*GUIDANCE_COLUMNS, (config.sgg.arrangement, f"SGG ({config.sgg.arrangement})")]
     translated, titles, scores = [], [], {}
     for arrangement, title in columns:
-        guidance = None
-        if arrangement != "none":
-            plan = guidance_plan(arrangement, len(chain), image_seed(config.run.seed, N, "plan"))
-            guidance = Guidance(segmenter=g_prev, scale=config.sgg.lambda_, plan=plan,
-                                max_copies_per_pass=config.sgg.max_copies_per_pass,
-                                lcg_normalise=config.sgg.lcg_normalise)
+        guidance = domain_guidance(config, g_prev, N, len(chain), arrangement=arrangement)
         generators = [image_generator(config.run.seed, N, i) for i in chosen]  # the domain stage's seeds
         out_images = [to_uint8(x) for x in translate(x0.to(device), labels.to(device), denoiser=eps_fn,
-                                                     schedule=chain, generators=generators, guidance=guidance)]
+                                                     schedule=chain, generators=generators, guidance=guidance,
+                                                     **sampler_options(config))]
         with torch.inference_mode():
             preds = g_prev(torch.stack([to_model_tensor(i) for i in out_images]).to(device)).argmax(1).cpu()
         scores[arrangement] = float(np.mean([image_consistency(preds[k], labels[k]) for k in range(len(chosen))]))
