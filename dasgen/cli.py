@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dasgen.config import Config, load_config
+from dasgen.config import Config, load_config, parse_yaml
 from dasgen.errors import DasgenError
 
 app = typer.Typer(
@@ -52,7 +51,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise DasgenError(f"--set {text!r}: expected KEY=VALUE, e.g. --set sgg.lambda=40")
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), parse_yaml(value, f"--set {key.strip()}")
 
 
 def handles_errors(command: Callable) -> Callable:

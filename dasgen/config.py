@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -214,6 +216,19 @@ def _to_dict(obj: Any) -> Any:
     return obj
 
 
+MAX_SHOWN = 80  # characters of a bad value quoted in an error: a huge value (a YAML bomb) is never formatted whole
+
+
+def _show(value: Any) -> str:
+    """``repr(value)`` cut to :data:`MAX_SHOWN` characters, without building the whole repr of a huge container."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > MAX_SHOWN:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    if isinstance(value, str) and len(value) > MAX_SHOWN:
+        return repr(value[:MAX_SHOWN]) + "..."
+    text = reprlib.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -241,14 +256,14 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
             except ConfigError as error:
                 errors.append(error)
         raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{source}: {where}: expected {_type_name(tp)}, got {value!r}")
+            f"{source}: {where}: expected {_type_name(tp)}, got {_show(value)}")
     if origin is Literal:
         if value in get_args(tp) and type(value) is type(next(a for a in get_args(tp) if a == value)):
             return value
-        raise ConfigError(f"{source}: {where}: must be one of {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{source}: {where}: must be one of {_type_name(tp)}, got {_show(value)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{source}: {where}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{source}: {where}: expected {_type_name(tp)}, got {_show(value)}")
         return [_convert(v, get_args(tp)[0], f"{where}[{i}]", source) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where, source)
@@ -259,17 +274,22 @@ def _convert(value: Any, tp: Any, where: str, source: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # .nan / .inf would slip past every range check and blacken images
+                raise ConfigError(f"{source}: {where}: must be a finite number, got {_show(value)}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{source}: {where}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{source}: {where}: expected {_type_name(tp)}, got {_show(value)}")
 
 
 def _check_range(value: Any, f: dataclasses.Field, where: str, source: str) -> None:
@@ -278,16 +298,16 @@ def _check_range(value: Any, f: dataclasses.Field, where: str, source: str) -> N
         return
     if lo is not None and (value < lo or (f.metadata.get("exclusive_min") and value == lo)):
         bound = f"> {lo}" if f.metadata.get("exclusive_min") else f">= {lo}"
-        raise ConfigError(f"{source}: {where}: must be {bound}, got {value!r}")
+        raise ConfigError(f"{source}: {where}: must be {bound}, got {_show(value)}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{source}: {where}: must be <= {hi}, got {value!r}")
+        raise ConfigError(f"{source}: {where}: must be <= {hi}, got {_show(value)}")
 
 
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {prefix or 'top level'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{source}: {prefix or 'top level'}: expected a mapping, got {_show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {_yaml_key(f): f for f in dataclasses.fields(cls)}
     for key in data:
@@ -323,7 +343,17 @@ def _cross_checks(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: ptl.N: {config.ptl.N} domains need t_final >= N (got ptl.t_final = "
                           f"{config.ptl.t_final}); each domain must add at least one noise step")
     if len(config.data.resolution) != 2:
-        raise ConfigError(f"{source}: data.resolution: expected [height, width], got {config.data.resolution!r}")
+        raise ConfigError(f"{source}: data.resolution: expected [height, width], got {_show(config.data.resolution)}")
+    if min(config.data.resolution) < 8:
+        raise ConfigError(f"{source}: data.resolution: each side must be >= 8 pixels, got {config.data.resolution}")
+    levels = len(d.unet.block_out_channels)
+    factor = 2 ** (levels - 1)  # the U-Net halves the image between consecutive levels
+    if d.pretrained is None and any(side % factor for side in config.data.resolution):
+        raise ConfigError(f"{source}: data.resolution: {config.data.resolution} must be divisible by {factor} for a "
+                          f"U-Net of {levels} levels (diffusion.unet.block_out_channels)")
+    if not d.unet.block_out_channels or any(c < 1 or c % d.unet.norm_num_groups for c in d.unet.block_out_channels):
+        raise ConfigError(f"{source}: diffusion.unet.block_out_channels: {_show(d.unet.block_out_channels)} must be "
+                          f"non-empty multiples of diffusion.unet.norm_num_groups ({d.unet.norm_num_groups})")
     if len(d.unet.attention_levels) != len(d.unet.block_out_channels):
         raise ConfigError(f"{source}: diffusion.unet.attention_levels: needs one entry per block_out_channels "
                           f"({len(d.unet.block_out_channels)})")
@@ -340,7 +370,18 @@ def _cross_checks(config: Config, source: str) -> None:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one silently)."""
+    """SafeLoader that refuses duplicate keys (plain YAML keeps the last one silently) and aliases.
+
+    Aliases (``*name``) are refused because a params file has no need of them and they are how a few lines of YAML
+    expand to gigabytes ("billion laughs"); anchors alone are harmless and allowed.
+    """
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} (YAML aliases are not allowed in "
+                                              "params)", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -369,19 +410,42 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        loader = _StrictLoader(path.read_text())  # a SafeLoader: builds plain data only, never objects
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a params file (not UTF-8 text)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read params file: {error.strerror or error}") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        data = {}
+    apply_overrides(data, overrides or {}, source=str(path))
+    return config_from_dict(data, source=str(path))
+
+
+MAX_YAML_CHARS = 1_000_000  # a params file is a few kilobytes; refuse anything that could not be one
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """One YAML document, strictly (no duplicate keys, no aliases; plain data only), or one-line ConfigError."""
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{source}: too large for a params file ({len(text):,} characters)")
+    if "\x00" in text:
+        raise ConfigError(f"{source}: not a params file (binary content)")
+    try:
+        loader = _StrictLoader(text)  # a SafeLoader: builds plain data only, never objects
         try:
-            data = loader.get_single_data() or {}
+            return loader.get_single_data()
         finally:
             loader.dispose()
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(error, "problem", "")
-        reason = f": {problem}" if problem and "duplicate key" in problem else ""
-        raise ConfigError(f"{path}: not valid YAML{where}{reason}") from None
-    apply_overrides(data, overrides or {}, source=str(path))
-    return config_from_dict(data, source=str(path))
+        problem = str(getattr(error, "problem", "") or "")
+        if "single document" in str(getattr(error, "context", "") or ""):
+            problem = "two YAML documents where one is expected"
+        known = ("duplicate key", "aliases are not allowed", "two YAML documents")
+        reason = f": {problem}" if any(k in problem for k in known) else ""
+        raise ConfigError(f"{source}: not valid YAML{where}{reason}") from None
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any], *, source: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -234,12 +235,91 @@ def test_bad_params_file(tmp_path):
     error_line(invoke(tmp_path, "plan"), "params.yaml: ptl.Nn: unknown key (did you mean ptl.N?)")
 
 
-def test_resolution_the_unet_cannot_take_is_a_params_error(workspace):
-    result = invoke(workspace, "--set", "data.resolution=[15, 32]", "train-diffusion")
-    error_line(result, "data.resolution", "15x32 must be divisible by 2")
+@pytest.mark.parametrize("resolution, message", [
+    ("[15, 32]", "data.resolution: [15, 32] must be divisible by 2 for a U-Net of 2 levels"),
+    ("[30, 64]", "data.resolution: [30, 64] must be divisible by 4 for a U-Net of 3 levels"),
+    ("[0, 0]", "data.resolution: each side must be >= 8 pixels"),
+    ("[-32, 64]", "data.resolution: each side must be >= 8 pixels"),
+])
+@pytest.mark.parametrize("command", ["train-diffusion", "plan", "translate"])
+def test_resolution_the_unet_cannot_take_is_a_params_error(workspace, resolution, message, command):
+    levels = ["--set", "diffusion.unet.block_out_channels=[16, 32, 32]",
+              "--set", "diffusion.unet.attention_levels=[false, false, false]"] if "3 levels" in message else []
+    error_line(invoke(workspace, *levels, "--set", f"data.resolution={resolution}", command), message)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan", "'inf'"])
+@pytest.mark.parametrize("key", ["sgg.lambda", "ptl.finetune.lr", "diffusion.beta_end"])
+def test_non_finite_numbers_are_params_errors(workspace, key, value):
+    error_line(invoke(workspace, "--set", f"{key}={value}", "plan"), f"{key}: must be a finite number")
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("[draft", "--set sgg.lambda: not valid YAML"),
+    ("*x", "--set sgg.lambda: not valid YAML"),
+    ("1\n---\n2", "two YAML documents"),
+])
+def test_set_values_that_are_not_yaml_are_one_line_errors(workspace, value, fragment):
+    error_line(invoke(workspace, "--set", f"sgg.lambda={value}".replace("\\n", "\n"), "plan"), fragment)
+
+
+def test_a_binary_params_file_is_one_line_error(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_bytes(bytes(range(256)) * 4)
+    error_line(invoke(tmp_path, "plan"), f"{params}: not a params file")
+    params.write_bytes(b"run:\n  seed: 0\x00\n")
+    error_line(invoke(tmp_path, "plan"), f"{params}: not a params file (binary content)")
+
+
+def test_a_yaml_bomb_is_refused_before_it_expands(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\ndata:\n  license_note: *i\n")
+    line = error_line(invoke(tmp_path, "plan"), "YAML aliases are not allowed")
+    assert len(line) < 300
+    (tmp_path / "params.yaml").write_text("data:\n  license: [" + ",".join(["x"] * 5000) + "]\n")
+    line = error_line(invoke(tmp_path, "plan"), "data.license: expected str, got <list of 5000 items>")
+    assert len(line) < 300
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
+
+
+def test_a_ddpm_with_a_flipped_bit_is_refused_before_translating(workspace):
+    model = Workspace(workspace).diffusion_model
+    weights = model / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40  # an exponent bit of a late float32 weight
+    weights.write_bytes(bytes(data))
+    error_line(invoke(workspace, "translate", "--domain", "1"), "sha256 differs from the one recorded",
+               "rerun `dasgen train-diffusion`")
+    assert not Workspace(workspace).domain_dir(1).exists()
+    (model / "dasgen_checksum.json").unlink()  # an unrecorded DDPM is not trusted either
+    error_line(invoke(workspace, "translate", "--domain", "1"), "no dasgen_checksum.json")
+
+
+def test_non_finite_translations_are_an_error_naming_the_domain_and_images(workspace):
+    from dasgen.diffusion.unet import load_denoiser, save_denoiser
+
+    model = Workspace(workspace).diffusion_model
+    unet = load_denoiser(model)
+    with torch.no_grad():
+        unet.conv_out.bias.fill_(float("nan"))  # a damaged model that still carries a valid checksum
+    save_denoiser(unet, model)
+    line = error_line(invoke(workspace, "translate", "--domain", "1"), "domain 1: translation produced non-finite",
+                      "nothing written for this batch")
+    assert line.split("image(s) ")[1].split(" ")[0].rstrip(",") in {p.stem for p in
+                                                                    (workspace / "data/toy/source/images").iterdir()}
+    assert not list(Workspace(workspace).domain_dir(1).glob("*.png"))
+
+
+def test_a_ddpm_config_diffusers_cannot_build_is_one_line(workspace, tmp_path):
+    model = tmp_path / "ddpm"
+    shutil.copytree(Workspace(workspace).diffusion_model, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"norm_num_groups": 0}))
+    error_line(invoke(workspace, "--set", f"diffusion.pretrained={model}", "train-diffusion"),
+               f"{model}: cannot load UNet2DModel")
 
 
 def test_missing_checkpoints_name_the_command_that_writes_them(workspace):

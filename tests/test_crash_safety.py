@@ -43,12 +43,14 @@ TRANSLATE_SETS = ("ptl.translate_batch_size=1", "ptl.images_per_domain=12", "ptl
                   "ptl.steps_per_domain=16")
 DIFFUSION_SETS = ("diffusion.train.steps=40", "diffusion.train.checkpoint_every=4")
 EXPORT_IMAGES = 800  # the Cityscapes export of 800 images writes 3,200 files: a few seconds
+RUN_DEPENDENT = ("metrics.json", "checksums.json")  # wall times, and the checksum record that covers them
 
 # Runs the CLI but dies (os._exit, no clean-up, like SIGKILL) right before the first os.replace / os.rename whose
 # destination, or shutil.rmtree whose path, ends with DASGEN_DIE_AT.
 DIE_HOOK = """
 import os, shutil, sys
 suffix = os.environ["DASGEN_DIE_AT"]
+
 def guard(real, position):
     def call(*args, **kwargs):
         if os.fspath(args[position]).endswith(suffix):
@@ -153,7 +155,7 @@ def translate_reference(tiny_workspace, tmp_path_factory) -> dict[str, bytes]:
     root = tmp_path_factory.mktemp("translate-reference") / "ws"
     shutil.copytree(tiny_workspace, root)
     in_process(root, "translate", "--domain", "1", sets=TRANSLATE_SETS)
-    return tree_bytes(Workspace(root).domain_dir(1), skip=("metrics.json",))
+    return tree_bytes(Workspace(root).domain_dir(1), skip=RUN_DEPENDENT)
 
 
 @pytest.mark.slow
@@ -174,7 +176,7 @@ def test_translate_killed_mid_run_resumes_to_identical_bytes(workspace, translat
     metrics = json.loads((domain / "metrics.json").read_text())
     assert metrics["images"] == 12 and metrics["images_translated_this_run"] == 12 - done
     assert all((domain / "images" / name).read_bytes() == data for name, data in finished.items())
-    assert tree_bytes(domain, skip=("metrics.json",)) == translate_reference
+    assert tree_bytes(domain, skip=RUN_DEPENDENT) == translate_reference
     assert not any(is_temp_name(p.name) for p in domain.rglob("*"))
 
 
@@ -193,12 +195,12 @@ def test_translate_dying_in_fine_tune_and_finalize_resumes_to_identical_bytes(wo
     log = finish(start(workspace, *command, sets=TRANSLATE_SETS), workspace)
     assert "already complete" in log
     assert json.loads(ws.domain_metrics(1).read_text())["images"] == 12
-    assert tree_bytes(domain, skip=("metrics.json",)) == translate_reference
+    assert tree_bytes(domain, skip=RUN_DEPENDENT) == translate_reference
 
     (domain / ".trash/journal-0").mkdir(parents=True)  # what a kill during finalize's clean-up leaves
     in_process(workspace, *command, sets=TRANSLATE_SETS)
     assert not (domain / ".trash").exists()
-    assert tree_bytes(domain, skip=("metrics.json",)) == translate_reference
+    assert tree_bytes(domain, skip=RUN_DEPENDENT) == translate_reference
 
 
 # -- train-diffusion --------------------------------------------------------------------------------------------

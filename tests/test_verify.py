@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -141,3 +142,43 @@ def test_verify_needs_a_manifest_or_an_index(tmp_path):
     with pytest.raises(DasgenError, match="nothing to verify"):
         verify(tmp_path)
     assert main([str(tmp_path)]) == 1
+
+
+def _finished_domain(workspace) -> Path:
+    from dasgen.config import load_config
+    from dasgen.stages.domain import run_domain
+    from dasgen.stages.workspace import Workspace
+
+    run_domain(load_config(workspace / "params.yaml"), Workspace(workspace), 1, progress=False)
+    return Workspace(workspace).domain_dir(1)
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _edit_consistency(domain: Path) -> None:
+    table = pq.read_table(domain / "index.parquet")
+    column = table.schema.get_field_index("consistency")
+    table = table.set_column(column, "consistency", pa.array([1.0] * table.num_rows))
+    pq.write_table(table, domain / "index.parquet")
+
+
+@pytest.mark.parametrize("damage, problem, name", [
+    (lambda d: _flip_last_byte(d / "segmenter.safetensors"), "altered", "segmenter.safetensors"),
+    (_edit_consistency, "altered", "index.parquet"),
+    (lambda d: (d / "metrics.json").write_text(json.dumps({"target_miou": 0.99})), "altered", "metrics.json"),
+    (lambda d: (d / "provenance.json").unlink(), "missing", "provenance.json"),
+    (lambda d: (d / "segmenter.json").write_text("{}"), "altered", "segmenter.json"),
+    (lambda d: (d / "notes.txt").write_text("added"), "extra", "notes.txt"),
+    (lambda d: (d / "checksums.json").unlink(), "missing", "checksums.json"),
+])
+def test_every_file_of_a_finished_domain_is_covered(workspace, damage, problem, name):
+    domain = _finished_domain(workspace)
+    assert verify(domain).ok
+    damage(domain)
+    report = verify(domain)
+    assert not report.ok
+    assert any(entry.startswith(name) for entry in getattr(report, problem)), report.summary()

@@ -22,6 +22,7 @@ from dasgen.store.atomic import fsync_dir, sha256_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
+CHECKSUM_NAME = "dasgen_checksum.json"  # {"weights_sha256": ...}: written beside the weights by save_denoiser
 
 
 def build_unet(
@@ -72,16 +73,18 @@ def save_denoiser(unet: UNet2DModel, directory: Path) -> str:
 
     The model is written into a temporary sibling directory, fsynced, then renamed over ``directory`` (an existing
     one is moved aside first and deleted afterwards), so readers see either the old or the new model, never half.
+    The weights' sha256 goes into :data:`CHECKSUM_NAME` beside them, which :func:`load_denoiser` checks.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         unet.save_pretrained(staging, safe_serialization=True)
+        digest = sha256_file(staging / WEIGHTS_NAME)
+        (staging / CHECKSUM_NAME).write_text(json.dumps({"weights_sha256": digest}) + "\n")
         for name in os.listdir(staging):
             with open(staging / name, "rb") as handle:
                 os.fsync(handle.fileno())
-        digest = sha256_file(staging / WEIGHTS_NAME)
         old = None
         if directory.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
@@ -105,12 +108,32 @@ def _model_dir(directory: Path) -> Path:
     raise CheckpointError(f"{directory}: no diffusers {CONFIG_NAME} (expected a UNet2DModel from save_pretrained)")
 
 
-def load_denoiser(directory: Path, *, device: str | torch.device = "cpu") -> UNet2DModel:
+def verify_denoiser_checksum(model_dir: Path, *, required: bool) -> None:
+    """Compare the weights with the sha256 recorded by :func:`save_denoiser`; CheckpointError if they differ (a
+    flipped bit would otherwise translate every image to black), or if ``required`` and none was recorded."""
+    record = model_dir / CHECKSUM_NAME
+    if not record.is_file():
+        if required:
+            raise CheckpointError(f"{model_dir}: no {CHECKSUM_NAME} (recorded sha256 of the weights); rerun "
+                                  "`dasgen train-diffusion` to write the DDPM with its checksum")
+        return
+    try:
+        expected = json.loads(record.read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{record}: unreadable checksum record") from None
+    if sha256_file(model_dir / WEIGHTS_NAME) != expected:
+        raise CheckpointError(f"{model_dir / WEIGHTS_NAME}: sha256 differs from the one recorded when it was saved "
+                              "(the file was altered or damaged); rerun `dasgen train-diffusion`")
+
+
+def load_denoiser(directory: Path, *, device: str | torch.device = "cpu",
+                  require_checksum: bool = False) -> UNet2DModel:
     """Load an unconditional diffusers ``UNet2DModel`` from disk (safetensors only, no Hub access), in eval mode.
 
     Accepts a model folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) or a pipeline folder with a
     ``unet/`` subfolder. Raises ``CheckpointError`` naming the path for a missing folder or file, a pickle-only
-    checkpoint, a config of another class, or a class-conditional UNet.
+    checkpoint, a config of another class, a class-conditional UNet, a config diffusers cannot build, or weights
+    whose sha256 differs from the one recorded beside them (required to exist with ``require_checksum``).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -134,12 +157,14 @@ def load_denoiser(directory: Path, *, device: str | torch.device = "cpu") -> UNe
         hint = " (only a pickle .bin exists; convert it to safetensors, dasgen never loads pickle)"
         hint = hint if pickled.exists() else ""
         raise CheckpointError(f"{weights}: weights file missing{hint}")
+    verify_denoiser_checksum(model_dir, required=require_checksum)
     try:
         # low_cpu_mem_usage=False: the default needs `accelerate` and warns on every load without it
         unet = UNet2DModel.from_pretrained(model_dir, use_safetensors=True, local_files_only=True,
                                            low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{model_dir}: cannot load UNet2DModel ({error})") from error
+    except Exception as error:  # noqa: BLE001 - diffusers raises anything (ZeroDivisionError for 0 norm groups)
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise CheckpointError(f"{model_dir}: cannot load UNet2DModel ({reason})") from None
     return unet.to(device).eval()
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from dasgen.config import Config, apply_overrides, config_from_dict
+from dasgen.config import Config, apply_overrides, config_from_dict, parse_yaml
 from dasgen.errors import ConfigError
 from dasgen.store.atomic import sha256_file
 
@@ -176,9 +175,10 @@ def _read_yaml(path: Path, *, missing: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: {missing}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse_yaml(text, str(path)) or {}
 
 
 def _read_base(path: Path) -> dict:

@@ -32,7 +32,7 @@ import dasgen
 from dasgen.config import Config, domain_noise_levels
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
-from dasgen.diffusion.unet import load_denoiser, make_eps_fn
+from dasgen.diffusion.unet import load_denoiser, make_eps_fn, verify_denoiser_checksum
 from dasgen.errors import CheckpointError, DasgenError
 from dasgen.guidance.sampler import autocast_denoiser, translate
 from dasgen.seeding import image_generator, image_seed
@@ -49,7 +49,7 @@ from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import sha256_file
 from dasgen.store.domain import DomainWriter, ImageRecord
 from dasgen.store.journal import JOURNAL_DIR
-from dasgen.store.schema import STAGING_DIR
+from dasgen.store.schema import CHECKSUMS_FILE, STAGING_DIR
 
 FINGERPRINT_FILE = ".fingerprint.json"
 
@@ -122,7 +122,8 @@ def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: 
     marker = out / FINGERPRINT_FILE
     if marker.is_file() and json.loads(marker.read_text()) == fingerprint:
         # complete = finalize ran to its end: its files exist and its clean-up left no journal, staging or trash
-        return (all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json"))
+        return (all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json",
+                                                        CHECKSUMS_FILE))
                 and not any((out / name).exists() for name in (JOURNAL_DIR, STAGING_DIR, ".trash")))
     if ctx.is_main:
         if out.exists():
@@ -142,7 +143,7 @@ def _progress(console: Console, enabled: bool) -> Progress:
 def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
                      ctx: DistContext, device: torch.device, console: Console, progress: bool) -> int:
     """Translate this rank's pending batches of ``plan.ids`` into ``writer``; returns the number of images written."""
-    unet = load_denoiser(ws.diffusion_model, device=device)
+    unet = load_denoiser(ws.diffusion_model, device=device, require_checksum=True)
     eps_fn = make_eps_fn(unet)
     if config.ptl.unet_bf16:  # deviation, off by default: eps_theta under bf16 autocast
         eps_fn = autocast_denoiser(eps_fn, torch.bfloat16)
@@ -168,6 +169,12 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
             generators = [image_generator(config.run.seed, plan.n, i) for i in batch]
             out = translate(x0.to(device), labels.to(device), denoiser=eps_fn, schedule=chain,
                             generators=generators, guidance=guidance, **sampler_options(config))
+            broken = [image_id for image_id, ok in zip(batch, torch.isfinite(out).flatten(1).all(1).tolist())
+                      if not ok]
+            if broken:  # NaN/inf in eps, a gradient or x: nothing of this batch is written (to_uint8 would blacken)
+                raise DasgenError(f"domain {plan.n}: translation produced non-finite pixels for image(s) "
+                                  f"{', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''} (a damaged DDPM or "
+                                  "segmenter, or a guidance scale too large); nothing written for this batch")
             images = [to_uint8(img) for img in out]
             with torch.inference_mode():
                 quantised = torch.stack([to_model_tensor(img) for img in images]).to(device)
@@ -237,6 +244,7 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     plan = plan_domain(config, n, [e.id for e in entries])
     out = ws.domain_dir(n, config.ptl.N)
     fingerprint = domain_fingerprint(config, n, ws)
+    verify_denoiser_checksum(ws.diffusion_model, required=True)  # before anything is written or cleared
     if _prepare_directory(out, fingerprint, ctx, console):
         console.print(f"domain {n}: already complete, nothing to do")
         metrics = json.loads((out / "metrics.json").read_text())

@@ -51,9 +51,11 @@ from dasgen.store.domain_read import (  # noqa: F401  (re-exported: the reading 
     read_provenance,
 )
 from dasgen.store.journal import JOURNAL_DIR, JournalAppender, journal_files, journal_path, read_journals
-from dasgen.store.paths import resolve_inside
+from dasgen.store.paths import resolve_inside, walk_files
 from dasgen.store.png import check_rgb, decode_png, encode_png
 from dasgen.store.schema import (
+    CHECKSUMS_FILE,
+    is_image_payload,
     DOMAIN_SHARD_SCHEMA,
     IMAGE_FORMATS,
     IMAGES_DIR,
@@ -331,6 +333,7 @@ class DomainWriter:
         if self.finalized:
             self._write_json(metrics, provenance)
             self._clean_up(set(read_index(self.directory).column("image").to_pylist()))
+            self._write_checksums()
             return self.directory
         rows = _merge_entries(self._journal_entries(), self.directory, self.image_format)
         shards: dict[str, str] = {}
@@ -344,7 +347,16 @@ class DomainWriter:
             pq.write_table(table, handle, row_group_size=100_000, **parquet_options(("split", "image")))
         self._write_json(metrics, provenance)
         self._clean_up({row["image"] for row in rows})
+        self._write_checksums()
         return self.directory
+
+    def _write_checksums(self) -> None:
+        """Record the sha256 of every file the index does not cover (the index itself, metrics, provenance, the
+        segmenter g_n and anything else the stage put there), so ``verify`` covers the whole artifact. Last: a domain
+        without it is not finished."""
+        files = {rel: sha256_file(self.directory / rel) for rel in walk_files(self.directory)
+                 if rel != CHECKSUMS_FILE and not is_image_payload(rel)}
+        atomic_write_json(self.directory / CHECKSUMS_FILE, {"checksums_version": 1, "files": files})
 
     def _write_json(self, metrics: dict, provenance: dict) -> None:
         atomic_write_json(self.directory / METRICS_FILE, metrics)

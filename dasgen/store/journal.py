@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dasgen.errors import DasgenError
+from dasgen.store.schema import JOURNAL_DIR  # noqa: F401 (re-exported: callers import it from here)
 
-JOURNAL_DIR = ".journal"
 _RANK_FILE = re.compile(r"^rank-(\d+)\.jsonl$")
 
 

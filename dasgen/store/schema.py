@@ -50,11 +50,21 @@ SCHEMA_VERSION = 1
 INDEX_FILE = "index.parquet"
 METRICS_FILE = "metrics.json"
 PROVENANCE_FILE = "provenance.json"
+CHECKSUMS_FILE = "checksums.json"  # sha256 of every file of a domain that the index does not cover, written last
 IMAGES_DIR = "images"
 SHARD_PREFIX = "images"
 STAGING_DIR = ".staging"
+JOURNAL_DIR = ".journal"  # per-rank journals of finished images until finalize merges them (store/journal.py)
+TRASH_DIR = ".trash"
 SHARD_FILE = re.compile(r"^images-\d{5}\.parquet$")  # the domain's image shards, parquet mode
 IMAGE_FORMATS = ("png", "parquet")
+
+
+def is_image_payload(relpath: str) -> bool:
+    """Files a domain's index accounts for (images, shards) and leftovers of unfinished runs; everything else in a
+    finished domain is covered by :data:`CHECKSUMS_FILE`."""
+    return (relpath.startswith(f"{IMAGES_DIR}/") or bool(SHARD_FILE.match(relpath))
+            or relpath.startswith((f"{JOURNAL_DIR}/", f"{STAGING_DIR}/", f"{TRASH_DIR}/")))
 
 INDEX_SCHEMA = pa.schema(
     [

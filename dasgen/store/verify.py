@@ -1,9 +1,10 @@
 """Check an export (against its ``manifest.json``) or a domain artifact (against ``index.parquet``).
 
 An export is checked file by file: every file listed in the manifest must exist with its sha256, and no other file
-may exist. A domain is checked through its index: every image file (PNG, or shard whose sha256 the index metadata
-records) must match, parquet-mode shards must hold every indexed image with its PNG sha256, and no unreferenced
-image file, staging or journal file may exist. A path in an index or manifest that is absolute or climbs out with
+may exist. A domain is checked through its index and its ``checksums.json``: every image file (PNG, or shard whose
+sha256 the index metadata records) must match, parquet-mode shards must hold every indexed image with its PNG sha256,
+every other file (index, metrics, provenance, segmenter) must match ``checksums.json``, and no file either leaves
+out may exist. A path in an index or manifest that is absolute or climbs out with
 ``..`` is reported as invalid and never opened. ``python -m dasgen.store.verify PATH`` exits 0 only when ok.
 """
 
@@ -21,9 +22,8 @@ from dasgen.errors import DasgenError
 from dasgen.store.atomic import sha256_bytes, sha256_file
 from dasgen.store.card import MANIFEST_FILE
 from dasgen.store.domain_read import index_image_format, read_index
-from dasgen.store.journal import JOURNAL_DIR
 from dasgen.store.paths import is_safe_relpath, resolve_inside, walk_files
-from dasgen.store.schema import IMAGES_DIR, INDEX_FILE, SHARD_FILE, STAGING_DIR
+from dasgen.store.schema import CHECKSUMS_FILE, INDEX_FILE, is_image_payload
 
 
 @dataclass
@@ -99,8 +99,11 @@ def verify_export(root: Path) -> VerifyReport:
 
 
 def verify_domain(root: Path) -> VerifyReport:
-    """Compare a domain directory with its index (file checksums, shard contents, unreferenced files)."""
+    """Compare a domain directory with its index (image checksums, shard contents) and its ``checksums.json``
+    (every other file: the index itself, metrics, provenance, the segmenter g_n); any file neither covers is extra."""
     report = VerifyReport(root, "domain")
+    recorded = _recorded_checksums(root, report)
+    _compare(report, root, recorded)
     table = read_index(root)
     image_format = index_image_format(table)
     rows = table.select(["id", "image", "sha256"]).to_pylist()
@@ -114,18 +117,26 @@ def verify_domain(root: Path) -> VerifyReport:
     _compare(report, root, expected)
     if image_format == "parquet":
         _check_shard_contents(report, root, rows)
-    present = [p for p in walk_files(root) if _is_image_payload(p)]
-    report.extra = [p for p in present if p not in expected]
+    report.extra = [p for p in walk_files(root)
+                    if p != CHECKSUMS_FILE and p not in (expected if is_image_payload(p) else recorded)]
     return report
 
 
-def _is_image_payload(relpath: str) -> bool:
-    """Files a domain's index must account for: images, shards, and leftovers of unfinished runs."""
-    return (
-        relpath.startswith(f"{IMAGES_DIR}/")
-        or bool(SHARD_FILE.match(relpath))
-        or relpath.startswith((f"{JOURNAL_DIR}/", f"{STAGING_DIR}/", ".trash/"))
-    )
+def _recorded_checksums(root: Path, report: VerifyReport) -> dict[str, str]:
+    """``checksums.json``'s files; a missing or unreadable record is reported (an artifact it does not cover is
+    not verified)."""
+    path = root / CHECKSUMS_FILE
+    if not path.is_file():
+        report.missing.append(f"{CHECKSUMS_FILE} (the artifact's record of its non-image files)")
+        return {}
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise TypeError("files is not an object of sha256 strings")
+    except (OSError, ValueError, KeyError, TypeError):
+        report.altered.append(CHECKSUMS_FILE)
+        return {}
+    return files
 
 
 def _check_shard_contents(report: VerifyReport, root: Path, rows: list[dict]) -> None:
