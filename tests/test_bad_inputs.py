@@ -104,6 +104,9 @@ FLAWS = {
                             "image without label: labels/00012.png is missing"),
     "blank-frame": (lambda src: (_good(src), write_rgb(src / "images/00012.png", np.zeros((20, 32, 3), np.uint8))),
                     "images/00012.png", "blank frame"),
+    "same-id-two-files": (lambda src: (_good(src), write_rgb(src / "images/00012.PNG", _pair(seed=3)[0])),
+                          "images/00012.PNG", "several images share the id (up to letter case): images/00012.PNG, "
+                          "images/00012.png"),
 }
 
 
@@ -576,3 +579,21 @@ def test_translate_refuses_a_scan_of_another_source_root(workspace):
     assert not Workspace(workspace).domain_dir(1).exists()
     assert invoke(workspace, "--set", "data.source.root=other-source", "scan").exit_code == 0
     assert invoke(workspace, "--set", "data.source.root=other-source", "translate", "--domain", "1").exit_code == 0
+
+
+def test_ids_that_cannot_name_a_file_are_reported_at_scan(tmp_path):
+    root = gta5_workspace(tmp_path)
+    image, label = _pair()
+    for stem in (".hidden", "x" * 201):
+        write_rgb(root / "src" / "images" / f"{stem}.png", image)
+        write_label(root / "src" / "labels" / f"{stem}.png", label, mode="P")
+    raw = os.path.join(os.fsencode(root / "src" / "images"), b"caf\xe9.png")  # a Latin-1 name: not UTF-8
+    with open(raw, "wb") as handle:
+        handle.write((root / "src" / "images" / ".hidden.png").read_bytes())
+    result = invoke(root, "scan")
+    assert result.exit_code == 0, result.output
+    assert "skipped .hidden (images/.hidden.png): unusable id: id starts with '.'" in result.stderr
+    assert "id longer than 200 characters" in result.stderr
+    assert "file name is not valid UTF-8" in result.stderr and "caf\\xe9" in result.stderr
+    record = json.loads(Workspace(root).source_pairs.read_text())
+    assert [e["id"] for e in record["entries"]] == GOOD_IDS and len(record["skipped"]) == 3

@@ -12,6 +12,7 @@ files are (``_list``) and how their label file is decoded (``_read_label``).
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dasgen.errors import DatasetError
+from dasgen.store.paths import id_problem
 
 # Pillow refuses to open images above 2 * MAX_IMAGE_PIXELS pixels (DecompressionBombError) and warns above it.
 # The largest real frames we read are Cityscapes' 2048x1024; 2048*4096*4 (33.5 Mpx) leaves room for 4x larger
@@ -291,6 +293,38 @@ def pair_entries(
         else:
             problems.append(BadPair(id_, f"image without label: {label} is missing", image))
     return entries, problems
+
+
+def image_files_by_stem(root: Path, rel_dir: str, suffixes: tuple[str, ...], strip: str = ""
+                        ) -> tuple[dict[str, str], list[BadPair]]:
+    """Like :func:`files_by_stem` for a folder of *images*, where the stem becomes the id: also returns the files that
+    cannot be one image each, as bad pairs -- ids that break the id rule (``store.paths.id_problem``: hidden, too
+    long, not UTF-8, ...), and ids shared by several files (``00001.png`` and ``00001.PNG``, or ``a.png`` and
+    ``A.png``, which one case-insensitive filesystem cannot hold apart): none of those is used, all are reported.
+    """
+    by_key: dict[str, list[tuple[str, str]]] = {}
+    problems: list[BadPair] = []
+    for path in sorted((root / rel_dir).iterdir()):
+        if not (path.suffix.lower() in suffixes and path.stem.endswith(strip)) or not path.is_file():
+            continue
+        stem, rel = path.stem[: len(path.stem) - len(strip)], f"{rel_dir}/{path.name}"
+        problem = id_problem(stem)
+        if problem is not None:  # names shown printable: undecodable bytes as \xNN, long ones cut
+            shown = os.fsencode(stem).decode("utf-8", "backslashreplace")
+            shown_rel = os.fsencode(rel).decode("utf-8", "backslashreplace")
+            problems.append(BadPair(shown[:60] + ("..." if len(shown) > 60 else ""), f"unusable id: {problem}",
+                                    shown_rel if len(shown_rel) <= 120 else shown_rel[:117] + "..."))
+            continue
+        by_key.setdefault(stem.lower(), []).append((stem, rel))
+    found: dict[str, str] = {}
+    for group in by_key.values():
+        if len(group) == 1:
+            found[group[0][0]] = group[0][1]
+        else:
+            files = ", ".join(rel for _, rel in group)
+            problems.append(BadPair(group[0][0], f"several images share the id (up to letter case): {files}",
+                                    group[0][1]))
+    return found, problems
 
 
 def files_by_stem(root: Path, rel_dir: str, suffixes: tuple[str, ...], strip: str = "") -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from dasgen.datasets.base import BadPair, DatasetReader, Entry, files_by_stem, pair_entries
+from dasgen.datasets.base import BadPair, DatasetReader, Entry, files_by_stem, image_files_by_stem, pair_entries
 from dasgen.errors import DatasetError
 
 CITYSCAPES_SPLITS = ("train", "val", "test")  # the gtFine splits; split=None reads these
@@ -55,7 +55,10 @@ class CityscapesReader(DatasetReader):
         existing: set[str] = set()
         problems: list[BadPair] = []
         for city in cities:
-            for id_, rel in files_by_stem(self.root, f"leftImg8bit/{split}/{city}", (".png",), IMAGE_SUFFIX).items():
+            city_images, unusable = image_files_by_stem(self.root, f"leftImg8bit/{split}/{city}", (".png",),
+                                                        IMAGE_SUFFIX)
+            problems.extend(unusable)
+            for id_, rel in city_images.items():
                 match = ID_PATTERN.fullmatch(id_)
                 if match is None or match["city"] != city:
                     reason = f"file name is not {city}_<seq:06>_<frame:06>{IMAGE_SUFFIX}.png"

@@ -8,9 +8,8 @@ folder can stand in for a target domain with train/val splits.
 
 from __future__ import annotations
 
-from collections import defaultdict
 
-from dasgen.datasets.base import BadPair, DatasetReader, Entry, files_by_stem, pair_entries
+from dasgen.datasets.base import BadPair, DatasetReader, Entry, files_by_stem, image_files_by_stem, pair_entries
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -25,17 +24,8 @@ class FolderReader(DatasetReader):
     def _list(self) -> tuple[list[Entry], list[BadPair]]:
         base = "" if self.split in (None, "all") else f"{self.split}/"
         split = self.split or "all"
-        image_dir = self._require_dir(f"{base}images")
-        by_stem: dict[str, list[str]] = defaultdict(list)
-        for path in sorted(image_dir.iterdir()):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                by_stem[path.stem].append(f"{base}images/{path.name}")
-        images = {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
-        problems = [
-            BadPair(stem, f"several images share the id: {', '.join(paths)}", paths[0])
-            for stem, paths in by_stem.items()
-            if len(paths) > 1
-        ]
+        self._require_dir(f"{base}images")
+        images, problems = image_files_by_stem(self.root, f"{base}images", IMAGE_SUFFIXES)
         existing: set[str] = set()
         if self.labelled:
             self._require_dir(f"{base}labels")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from dasgen.datasets.base import BadPair, DatasetReader, Entry, files_by_stem, pair_entries, read_index_label
+from dasgen.datasets.base import (BadPair, DatasetReader, Entry, files_by_stem, image_files_by_stem, pair_entries,
+                                  read_index_label)
 from dasgen.errors import DatasetError
 
 SPLIT_KEYS = {"trainIds": "train", "valIds": "val", "testIds": "test"}
@@ -50,7 +51,7 @@ class GTA5Reader(DatasetReader):
 
     def _list(self) -> tuple[list[Entry], list[BadPair]]:
         self._require_dir("images")
-        images = files_by_stem(self.root, "images", (".png",))
+        images, problems = image_files_by_stem(self.root, "images", (".png",))
         split_file = self.root / "split.mat"
         if split_file.is_file():
             split_map = read_split_mat(split_file)
@@ -66,12 +67,13 @@ class GTA5Reader(DatasetReader):
         if self.labelled:
             self._require_dir("labels")
             existing = set(files_by_stem(self.root, "labels", (".png",)).values())
-        return pair_entries(
+        entries, missing = pair_entries(
             images,
             label_of if self.labelled else None,
             existing,
             lambda id_: split_map.get(id_, default),
         )
+        return entries, problems + missing
 
     def _read_label(self, rel: str) -> np.ndarray:
         return read_index_label(self.root, rel, expected="mode P (palette index = Cityscapes label id)")

@@ -27,6 +27,7 @@ from dasgen.datasets.base import (
     PairProblem,
     decode_failure,
     files_by_stem,
+    image_files_by_stem,
     pair_entries,
 )
 from dasgen.labels import synthia_to_id
@@ -103,12 +104,13 @@ class SynthiaReader(DatasetReader):
 
     def _list(self) -> tuple[list[Entry], list[BadPair]]:
         self._require_dir("RGB")
-        images = files_by_stem(self.root, "RGB", (".png",))
+        images, problems = image_files_by_stem(self.root, "RGB", (".png",))
         existing: set[str] = set()
         if self.labelled:
             self._require_dir("GT/LABELS")
             existing = set(files_by_stem(self.root, "GT/LABELS", (".png",)).values())
-        return pair_entries(images, label_of if self.labelled else None, existing, lambda _: "train")
+        entries, missing = pair_entries(images, label_of if self.labelled else None, existing, lambda _: "train")
+        return entries, problems + missing
 
     def _read_label(self, rel: str) -> np.ndarray:
         classes = read_synthia_classes(self.root, rel)

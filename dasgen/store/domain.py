@@ -51,7 +51,7 @@ from dasgen.store.domain_read import (  # noqa: F401  (re-exported: the reading 
     read_provenance,
 )
 from dasgen.store.journal import JOURNAL_DIR, JournalAppender, journal_files, journal_path, read_journals
-from dasgen.store.paths import resolve_inside, walk_files
+from dasgen.store.paths import id_problem, resolve_inside, walk_files
 from dasgen.store.png import check_rgb, decode_png, encode_png
 from dasgen.store.schema import (
     CHECKSUMS_FILE,
@@ -101,15 +101,11 @@ class ImageRecord:
 
 
 def check_image_id(image_id: str) -> str:
-    """``image_id`` if it can name a file ``images/<id>.png`` (no separators, not hidden, not empty)."""
-    if (
-        not isinstance(image_id, str)
-        or not image_id
-        or image_id.startswith(".")
-        or any(ch in image_id for ch in "/\\\x00")
-        or len(image_id) > 200
-    ):
-        raise DasgenError(f"image id {image_id!r} cannot name a file (empty, hidden, too long or has a separator)")
+    """``image_id`` if it can name a file ``images/<id>.png`` (:func:`~dasgen.store.paths.id_problem`)."""
+    problem = id_problem(image_id)
+    if problem is not None:
+        shown = repr(image_id)[:80] + ("..." if len(repr(image_id)) > 80 else "")
+        raise DasgenError(f"image id {shown} cannot name a file ({problem})")
     return image_id
 
 

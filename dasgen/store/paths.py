@@ -11,6 +11,29 @@ from pathlib import Path, PurePosixPath
 from dasgen.errors import DasgenError
 
 
+MAX_ID_CHARS = 200  # an id names files (images/<id>.png); long ids break on common filesystems' 255-byte names
+
+
+def id_problem(image_id: object) -> str | None:
+    """Why ``image_id`` cannot be a dasgen image id (it names files ``images/<id>.png`` in every artifact), or None.
+
+    The one rule for ids: checked when a dataset is listed (the pair is reported bad) and when a domain is written.
+    """
+    if not isinstance(image_id, str) or not image_id:
+        return "empty id"
+    try:
+        image_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8"
+    if image_id.startswith("."):
+        return "id starts with '.' (a hidden file name)"
+    if any(ch in image_id for ch in "/\\\x00") or any(ord(ch) < 32 for ch in image_id):
+        return "id holds a path separator or a control character"
+    if len(image_id) > MAX_ID_CHARS:
+        return f"id longer than {MAX_ID_CHARS} characters"
+    return None
+
+
 def is_safe_relpath(relpath: str) -> bool:
     """Whether ``relpath`` is a plain relative POSIX path inside its root: no ``..``, no absolute or drive path."""
     if not relpath or "\\" in relpath or "\x00" in relpath or ":" in relpath.split("/", 1)[0]:
