@@ -51,12 +51,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_bytes(array: np.ndarray, bit_depth: int) -> bytes:
-    """Encode (H, W) or (H, W, C) C in {1, 3, 4} as a PNG of ``bit_depth`` 8 or 16 (big-endian samples), written
+    """Encode (H, W) or (H, W, C) C in {1, 2, 3, 4} (grey, grey+alpha, RGB, RGBA) as a PNG of ``bit_depth`` 8 or 16 (big-endian samples), written
     by hand so the 16-bit multi-channel files are real ones, not something Pillow produced.
     """
     array = array if array.ndim == 3 else array[..., None]
     height, width, channels = array.shape
-    colour_type = {1: 0, 3: 2, 4: 6}[channels]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     dtype = ">u2" if bit_depth == 16 else "u1"
     rows = array.astype(dtype).reshape(height, width * channels)  # (H, W*C) samples per scanline
     # Cycle through filter types 0 (None), 2 (Up) and 1 (Sub) so the decoder has to undo real filters.

@@ -25,7 +25,8 @@ from dasgen.labels import id_to_train_id, synthia_to_id
 from dasgen.segment.checkpoint import save_segmenter, sidecar_path
 from dasgen.segment.models import build_segmenter
 from dasgen.stages.workspace import Workspace
-from fake_trees import make_gta5_tree, make_synthia_tree, scene_image, scene_label, truncate, write_label, write_rgb
+from fake_trees import (make_gta5_tree, make_synthia_tree, scene_image, scene_label, truncate, write_label, write_png16,
+                        write_rgb)
 from test_crash_safety import export_workspace, tree_bytes
 
 runner = CliRunner()
@@ -160,6 +161,18 @@ def test_synthia_labels_are_decoded_as_16_bit_and_8_bit_rgb_labels_are_skipped(t
         (tmp_path / "src/RGB" / f"{other}.png").unlink()
     error_line(invoke(tmp_path, "--set", "data.bad_pairs=fail", "scan"), "src/GT/LABELS/0000003.png",
                tree.bad["0000003"])
+
+
+def test_a_16_bit_grey_alpha_synthia_label_is_a_wrong_channel_layout(tmp_path):
+    tree = make_synthia_tree(tmp_path / "src", flaws=False)
+    first = tree.good[0]
+    classes = tree.labels[first].astype(np.uint16)[..., None]  # (H, W, 1) the SYNTHIA class ids
+    write_png16(tmp_path / "src/GT/LABELS" / f"{first}.png", np.concatenate([classes, classes * 0 + 65535], axis=2))
+    write_tiny_params(tmp_path, data={"source": {"kind": "synthia", "root": "src"}})
+    result = invoke(tmp_path, "scan")
+    assert result.exit_code == 0, result.output
+    assert (f"skipped {first} (GT/LABELS/{first}.png): label has a wrong channel layout (grey+alpha)"
+            in result.stderr), result.stderr
 
 
 def test_empty_dataset_is_an_error(tmp_path):

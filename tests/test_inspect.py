@@ -80,3 +80,27 @@ def test_format_report_caps_the_bad_list():
     text = format_report(report)
     assert f"{bad[MAX_BAD_SHOWN - 1]['id']}" in text and bad[MAX_BAD_SHOWN]["id"] not in text
     assert "and 5 more bad pairs" in text
+
+
+def test_files_no_run_reads_are_reported(tmp_path):
+    make_gta5_tree(tmp_path, flaws=False, split_mat=False)
+    (tmp_path / "labels" / "99999.png").write_bytes((tmp_path / "labels" / "00001.png").read_bytes())  # no image
+    (tmp_path / "images" / "extra").mkdir()  # the reader does not recurse
+    (tmp_path / "images" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "broken-link").symlink_to("missing-target")
+    report = inspect_dataset(open_dataset("gta5", tmp_path))
+    unread = {item["path"]: item["reason"] for item in report["unread"]}
+    assert unread == {
+        "labels/99999.png": "orphan label (no image with its id)",
+        "images/extra": "stray directory (not read: dataset folders are not searched recursively)",
+        "images/gone.png": "dangling symlink",
+        "notes/broken-link": "dangling symlink",
+    }
+    text = format_report(json.loads(json.dumps(report)))
+    assert "not read by any run" in text and "labels/99999.png" in text
+
+
+def test_a_clean_tree_has_nothing_unread(tmp_path):
+    make_gta5_tree(tmp_path, flaws=False, split_mat=False)
+    assert inspect_dataset(open_dataset("gta5", tmp_path))["unread"] == []

@@ -203,6 +203,18 @@ def test_split_names_from_an_index_cannot_leave_the_export(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ws"] and not Path("/tmp/escaped").exists()
 
 
+@pytest.mark.parametrize("image_id", ["../../escaped", ".hidden", "a/b"])
+def test_ids_from_an_index_never_reach_the_exported_file_names(tmp_path, monkeypatch, image_id):
+    root = export_workspace(tmp_path / "ws", 4, monkeypatch)
+    domain = Workspace(root).domain_dir(2, 2)
+    _rewrite_index(domain, lambda rows: rows[0].update(id=image_id))
+    for fmt in ("parquet", "cityscapes", "hdf5"):
+        out = tmp_path / fmt
+        error_line(invoke(root, "export", "--format", fmt, "--out", str(out)), f"image id {image_id!r}",
+                   "cannot name a file")
+        assert not out.exists()
+
+
 def test_image_paths_from_an_index_are_never_opened_outside_the_domain(tmp_path, monkeypatch):
     root = export_workspace(tmp_path / "ws", 4, monkeypatch)
     domain = Workspace(root).domain_dir(2, 2)

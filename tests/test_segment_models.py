@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import textwrap
 
@@ -255,7 +256,7 @@ def test_weights_that_do_not_fit(tmp_path):
 
     def rewrite(state):  # replace the weights and keep the sidecar's sha in step, so only the fit is wrong
         save_file(state, str(path))
-        import hashlib
+
 
         sidecar["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         sidecar_path(path).write_text(json.dumps(sidecar))
@@ -283,10 +284,21 @@ def test_tampered_weights_and_corrupt_file(tmp_path):
         load_segmenter(path)
     path.write_bytes(b"garbage")
     sidecar = read_sidecar(path)
-    sidecar.pop("weights_sha256")
-    sidecar_path(path).write_text(json.dumps(sidecar))
+    sidecar_path(path).write_text(json.dumps({**sidecar, "weights_sha256": hashlib.sha256(b"garbage").hexdigest()}))
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_segmenter(path)
+
+
+def test_sidecars_without_a_checksum_or_with_a_wrong_class_count_type_are_refused(tmp_path):
+    path = tmp_path / "g.safetensors"
+    save_segmenter(build_segmenter("toy", width=8), path, meta={})
+    sidecar = read_sidecar(path)
+    sidecar_path(path).write_text(json.dumps({k: v for k, v in sidecar.items() if k != "weights_sha256"}))
+    with pytest.raises(CheckpointError, match="no weights_sha256 recorded, so the weights cannot be checked"):
+        load_segmenter(path)
+    sidecar_path(path).write_text(json.dumps({**sidecar, "num_classes": "19"}))
+    with pytest.raises(CheckpointError, match="num_classes must be a positive integer, got '19'"):
+        load_segmenter(path, expect_classes=19)
 
 
 def test_load_initial_weights_reports_and_loads(tmp_path):

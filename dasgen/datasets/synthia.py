@@ -43,6 +43,17 @@ def png_bit_depth(header: bytes) -> int | None:
     return struct.unpack(">B", header[24:25])[0]
 
 
+def png_colour_type(header: bytes) -> int | None:
+    """PNG colour type from IHDR (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA); None when it is not a PNG."""
+    if len(header) < 33 or header[:8] != PNG_SIGNATURE or header[12:16] != b"IHDR":
+        return None
+    return header[25]
+
+
+class WrongChannelLayout(ValueError):
+    """A 16-bit PNG whose channels are not grey, RGB or RGBA (e.g. grey+alpha), which no SYNTHIA label is."""
+
+
 class NotSixteenBit(ValueError):
     """The file is not a 16-bit PNG; ``depth`` is its bit depth, or None when it is not a PNG at all."""
 
@@ -72,9 +83,13 @@ def read_png16(path: Path) -> np.ndarray:
     """Decode a 16-bit PNG (grey, RGB or RGBA) exactly: uint16 (H, W, C). Raises NotSixteenBit for any other
     file, and Pillow's errors for a broken one."""
     with open(path, "rb") as handle:
-        depth = png_bit_depth(handle.read(33))
+        header = handle.read(33)
+    depth = png_bit_depth(header)
     if depth != 16:
         raise NotSixteenBit(depth)
+    if png_colour_type(header) not in (0, 2, 6):
+        layouts = {3: "palette", 4: "grey+alpha"}
+        raise WrongChannelLayout(layouts.get(png_colour_type(header), f"colour type {png_colour_type(header)}"))
     with Image.open(path) as im:  # the header alone: Pillow's decompression-bomb guard runs here
         if im.mode.startswith("I;16"):
             im.load()
@@ -92,6 +107,9 @@ def read_synthia_classes(root: Path, rel: str) -> np.ndarray:
         what = "is not a PNG file" if error.depth is None else f"PNG has {error.depth} bits per sample (converted?)"
         reason = f"label {what}; SYNTHIA GT/LABELS must be 16-bit PNGs with the class id in the first channel"
         raise PairProblem(rel, reason) from error
+    except WrongChannelLayout as error:
+        raise PairProblem(rel, f"label has a wrong channel layout ({error}); SYNTHIA GT/LABELS are 16-bit RGB or "
+                               "RGBA PNGs with the class id in the first channel") from error
     except DECODE_ERRORS as error:
         raise PairProblem(rel, decode_failure("label", error)) from error
 

@@ -101,6 +101,12 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{side}: unreadable sidecar ({error})") from error
     if not isinstance(sidecar, dict) or "arch" not in sidecar or "num_classes" not in sidecar:
         raise CheckpointError(f"{side}: sidecar lacks 'arch' or 'num_classes'")
+    classes = sidecar["num_classes"]
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise CheckpointError(f"{side}: num_classes must be a positive integer, got {str(classes)[:40]!r}")
+    if not isinstance(sidecar.get("weights_sha256"), str):
+        raise CheckpointError(f"{side}: no weights_sha256 recorded, so the weights cannot be checked; re-save the "
+                              "checkpoint with dasgen (save_segmenter) or rerun the stage that wrote it")
     version = sidecar.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{side}: format_version {version!r} is newer than this dasgen reads ({FORMAT_VERSION})")
@@ -135,8 +141,7 @@ def load_segmenter(
         raise CheckpointError(f"{path}: plug-in architecture {arch!r} is only built when the caller expects it "
                               "(expect_arch, i.e. segmenter.arch in params.yaml)")
     tensors, data = _read_weights(path)
-    recorded = sidecar.get("weights_sha256")
-    if recorded is not None and recorded != sha256_bytes(data):
+    if sidecar["weights_sha256"] != sha256_bytes(data):
         raise CheckpointError(f"{path}: sha256 does not match its sidecar (file replaced or truncated?)")
     input_size = sidecar.get("input_size")
     try:

@@ -40,7 +40,7 @@ except ImportError:  # Windows: no flock; exports there are not locked
 from dasgen.errors import DasgenError
 from dasgen.store.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
 from dasgen.store.domain_read import iter_domain_pngs
-from dasgen.store.paths import is_safe_relpath, relpath_posix, resolve_inside
+from dasgen.store.paths import id_problem, is_safe_relpath, relpath_posix, resolve_inside
 from dasgen.store.png import check_label, decode_png, encode_png
 
 LabelLoader = Callable[[dict[str, Any]], np.ndarray]
@@ -97,6 +97,10 @@ def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> Expo
     ``a/b``, an absolute path: an index from a stranger) is refused before anything is written.
     """
     for row in rows:
+        problem = id_problem(row["id"])
+        if problem is not None:  # ids name files in every format (images, Parquet image.path, HDF5 keys)
+            raise DasgenError(f"domain index: image id {str(row['id'])[:60]!r} cannot name a file ({problem}); "
+                              "nothing exported")
         if "/" in str(row["split"]) or not is_safe_relpath(str(row["split"])):
             raise DasgenError(f"domain index: image {row['id']!r} has split {row['split']!r}, which cannot name a "
                               "folder inside the export (one plain name expected)")
