@@ -610,3 +610,20 @@ def test_ids_that_cannot_name_a_file_are_reported_at_scan(tmp_path):
     assert "file name is not valid UTF-8" in result.stderr and "caf\\xe9" in result.stderr
     record = json.loads(Workspace(root).source_pairs.read_text())
     assert [e["id"] for e in record["entries"]] == GOOD_IDS and len(record["skipped"]) == 3
+
+
+def test_force_on_a_directory_that_cannot_be_emptied_is_one_line(tmp_path, monkeypatch):
+    root = export_workspace(tmp_path / "ws", 4, monkeypatch)
+    out = tmp_path / "earlier"
+    assert invoke(root, "export", "--out", str(out)).exit_code == 0
+    before = tree_bytes(out)
+
+    def read_only(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", read_only)  # as on a read-only mount (root ignores chmod here)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    error_line(invoke(root, "export", "--out", str(out), "--force"), f"cannot empty output directory {out}",
+               "Permission denied")
+    monkeypatch.undo()
+    assert tree_bytes(out) == before
