@@ -1,5 +1,6 @@
 # Two entry points, as the README says: `make run` (the whole pipeline on the toy domains) and `make test`.
-# Both create the virtual environment .venv on first use (Python 3.10+; torch 2.14.1 from the package index).
+# Both create the virtual environment .venv on first use (Python 3.10+; torch 2.14.1 from the package index), with
+# the test tools and the optional extras the suite covers (SegFormer, mmsegmentation interop).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -10,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,segformer,interop]'
 	touch $@
 
 setup: $(VENV)/.installed

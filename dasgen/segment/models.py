@@ -8,10 +8,13 @@ and optional resize, both differentiable, because SGG (Eqs. 6-10) backpropagates
 Architectures (``arch``):
 
 - ``"toy"``: a small fully-convolutional net for the procedural 32x64 toy domains (CPU, seconds to train).
+- ``"deeplabv2_resnet101"``, ``"fcn8s_vgg16"``: the paper's networks (Sec. 5.1), assembled from torchvision
+  backbones in :mod:`dasgen.segment.paper_nets`; ``"segformer_b0/b2/b5"``: transformers' SegFormer, the stand-in for
+  DAFormer (its MiT encoder, SegFormer's decoder; needs the ``segformer`` extra).
 - ``"deeplabv3_resnet50"``, ``"deeplabv3_resnet101"``, ``"fcn_resnet50"``, ``"fcn_resnet101"``: torchvision models
-  built with ``weights=None, weights_backbone=None`` (nothing is downloaded; bring ImageNet weights as a local
-  safetensors file, see :func:`dasgen.segment.checkpoint.load_initial_weights`). The paper's DeepLab-V2 is not in
-  torchvision; DeepLab-V3/ResNet-101 is the closest built-in.
+  built with ``weights=None, weights_backbone=None``.
+- Nothing is ever downloaded: bring ImageNet weights as a local safetensors file
+  (:func:`dasgen.segment.checkpoint.load_initial_weights`).
 - ``"module:factory"``: imports ``module`` and calls ``factory(num_classes=...)``; the returned ``nn.Module`` may
   return logits, a dict with ``"out"`` (torchvision style) or an object with ``.logits`` (transformers style, e.g.
   ``SegformerForSemanticSegmentation``); logits at any resolution are resized to the input.
@@ -29,12 +32,15 @@ from torch import nn
 
 from dasgen.errors import ConfigError
 from dasgen.labels import NUM_TRAIN_CLASSES
+from dasgen.segment.paper_nets import DeepLabV2, FCN8s, build_segformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 TORCHVISION_ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101")
-BUILTIN_ARCHS = ("toy", *TORCHVISION_ARCHS)
+PAPER_ARCHS = ("deeplabv2_resnet101", "fcn8s_vgg16")  # the paper's Sec. 5.1 networks (segment/paper_nets.py)
+SEGFORMER_ARCHS = ("segformer_b0", "segformer_b2", "segformer_b5")  # DAFormer's encoder; needs the segformer extra
+BUILTIN_ARCHS = ("toy", *PAPER_ARCHS, *SEGFORMER_ARCHS, *TORCHVISION_ARCHS)
 
 
 # -- normalisation --------------------------------------------------------------------------------------------------
@@ -159,10 +165,9 @@ class Segmenter(nn.Module):
             shrinking = self.input_size[0] < height or self.input_size[1] < width
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=shrinking)
         out = self.net(x)
-        if isinstance(out, Mapping):
-            out = out["out"]
-        elif not isinstance(out, torch.Tensor) and hasattr(out, "logits"):
-            out = out.logits
+        if not isinstance(out, torch.Tensor):
+            # torchvision: {"out": ...}; transformers: a ModelOutput (a Mapping too) with .logits
+            out = out.logits if hasattr(out, "logits") else out["out"]
         if out.shape[-2:] != (height, width):
             out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
         return out
@@ -214,6 +219,12 @@ def build_segmenter(
         net: nn.Module = ToySegNet(num_classes=num_classes, width=width)
     elif arch in TORCHVISION_ARCHS:
         net = _build_torchvision(arch, num_classes)
+    elif arch == "deeplabv2_resnet101":
+        net = DeepLabV2(num_classes)
+    elif arch == "fcn8s_vgg16":
+        net = FCN8s(num_classes)
+    elif arch in SEGFORMER_ARCHS:
+        net = build_segformer(arch, num_classes)
     elif ":" in arch:
         net = _build_plugin(arch, num_classes)
     else:
