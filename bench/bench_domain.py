@@ -155,7 +155,7 @@ def bench_config(name: str, args, device: torch.device) -> dict:
     schedule = NoiseSchedule.linear(config.diffusion.num_train_timesteps).truncated(t_n)
     schedule = schedule.respaced(evenly_spaced_steps(t_n, steps))
     guidance = Guidance(segmenter=segmenter, plan=guidance_plan("alternate", len(schedule)),
-                        scale=config.sgg.lambda_, max_copies_per_pass=config.sgg.max_copies_per_pass)
+                        lambda_=config.sgg.lambda_, max_copies_per_pass=config.sgg.max_copies_per_pass)
     generators = [torch.Generator().manual_seed(b) for b in range(batch)]
     translate(x, labels, denoiser=eps_fn, schedule=schedule.truncated(1), generators=generators,
               guidance=Guidance(segmenter=segmenter, plan=["lcg"]))  # warm-up

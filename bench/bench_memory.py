@@ -40,7 +40,7 @@ import yaml
 
 PARAMS = {  # tests/conftest.py's tiny params, one domain over every source image, 2 reverse steps per image
     "run": {"seed": 0, "device": "cpu"},
-    "data": {"resolution": [16, 32], "target_val_split": None},
+    "data": {"resolution": [16, 32], "target": {"val_split": None}},
     "toy": {"height": 16, "width": 32, "n_target_train": 12, "n_target_val": 6},
     "diffusion": {"unet": {"block_out_channels": [16, 32], "attention_levels": [False, False], "norm_num_groups": 8},
                   "train": {"steps": 6, "batch_size": 4, "checkpoint_every": 3}},

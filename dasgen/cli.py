@@ -230,7 +230,7 @@ def evaluate(
     kind: Annotated[Optional[str], typer.Option("--kind", help="Labelled set kind (default: params' target).")] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="Labelled set root (default: params' target).")]
     = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Split (default: data.target_val_split).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split (default: data.target.val_split).")] = None,
     protocol: Annotated[Optional[int], typer.Option("--protocol", help="19, 16 or 13 classes.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

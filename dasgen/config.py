@@ -57,12 +57,17 @@ class DatasetRef:
 
 
 @dataclass(frozen=True)
+class TargetRef:
+    kind: Literal["cityscapes", "folder"] = "cityscapes"
+    root: str = "data/toy/target"
+    train_split: str = "train"  # unlabelled images the DDPM learns (Eq. 5)
+    val_split: Optional[str] = "val"  # labelled images to score g_n (None = no target labels)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: DatasetRef = section(DatasetRef)
-    target_kind: Literal["cityscapes", "folder"] = "cityscapes"
-    target_root: str = "data/toy/target"
-    target_train_split: str = "train"  # unlabelled images the DDPM learns (Eq. 5)
-    target_val_split: Optional[str] = "val"  # labelled images to score g_n (None = no target labels)
+    target: TargetRef = section(TargetRef)
     resolution: list[int] = knob([32, 64])  # translation resolution [H, W]; images are resized to it
     bad_pairs: Literal["skip", "fail"] = "skip"  # real copies have broken pairs; skip and report by default
     license: str = "cc0-1.0"  # Hugging Face license id for exports' dataset cards ("other" + a note for GTA5)
@@ -139,7 +144,8 @@ class SegmenterConfig:
 class SGGConfig:
     lambda_: float = knob(80.0, min=0.0, key="lambda")  # guidance scale (Sec. 5.1, Fig. 5: best at 80)
     arrangement: Literal["alternate", "lcg-then-gsg", "gsg-then-lcg", "random", "lcg-only", "gsg-only",
-                         "none"] = "alternate"  # Tab. 5: alternate is best; lcg-only/gsg-only/none for Tab. 2
+                         "none"] = "alternate"  # Tab. 5: alternate is best; lcg-only/gsg-only for Tab. 2 (e)/(d),
+    # none = no guidance: PTL without SGG (Tab. 2 (b)), the one switch that turns guidance off
     max_copies_per_pass: int = knob(64, min=1)  # LCG masked copies per segmenter pass (memory budget)
     lcg_normalise: Literal["region", "image"] = "region"  # LCG CE mean over the class region | over the image
     gradient_at: Literal["x_t", "x0_hat"] = "x_t"  # segmenter sees x_k (paper) | the denoised estimate (deviation)
@@ -152,6 +158,7 @@ class FinetuneConfig:
     optimizer: Literal["sgd", "adam"] = "adam"  # paper: SGD
     lr: float = knob(5e-4, min=0.0, exclusive_min=True)  # paper: 2.5e-4 (SGD)
     momentum: float = knob(0.9, min=0.0, max=1.0)
+    weight_decay: float = knob(5e-4, min=0.0)  # as g_0's (DeepLab's usual 5e-4; the paper does not say)
     use_src_loss: bool = True  # Eq. 12: L_ft = L_ada + L_src; False = L_ada only (Tab. 3)
     aug_fraction: float = knob(0.1, min=0.0, max=1.0)  # keep g robust to noisy, masked inputs (Supp. C)
 
@@ -166,7 +173,6 @@ class PTLConfig:
     translate_batch_size: int = knob(32, min=1)  # images per U-Net / segmenter batch (no effect on results)
     image_format: Literal["png", "parquet"] = "png"  # parquet shards scale better under DVC
     domains_per_stage: int = knob(1, min=1)  # group domains per DVC stage to keep 600-domain pipelines fast
-    guided: bool = True  # False = PTL without SGG (Tab. 2 (b))
     unet_bf16: bool = False  # deviation: U-Net forward under bf16 autocast (for CUDA); paper: float32
     finetune: FinetuneConfig = section(FinetuneConfig)
 
@@ -351,6 +357,11 @@ def _cross_checks(config: Config, source: str) -> None:
     if d.pretrained is None and any(side % factor for side in config.data.resolution):
         raise ConfigError(f"{source}: data.resolution: {config.data.resolution} must be divisible by {factor} for a "
                           f"U-Net of {levels} levels (diffusion.unet.block_out_channels)")
+    toy_root = config.toy.out.rstrip("/") + "/"
+    if (config.data.source.root.rstrip("/") + "/").startswith(toy_root) and \
+            [config.toy.height, config.toy.width] != list(config.data.resolution):
+        raise ConfigError(f"{source}: toy.height/toy.width: the toy ({config.toy.height}x{config.toy.width}) is the "
+                          f"source but data.resolution is {config.data.resolution}; make them equal (one size)")
     if not d.unet.block_out_channels or any(c < 1 or c % d.unet.norm_num_groups for c in d.unet.block_out_channels):
         raise ConfigError(f"{source}: diffusion.unet.block_out_channels: {_show(d.unet.block_out_channels)} must be "
                           f"non-empty multiples of diffusion.unet.norm_num_groups ({d.unet.norm_num_groups})")
@@ -458,8 +469,3 @@ def apply_overrides(data: dict, overrides: dict[str, Any], *, source: str) -> No
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: {dotted}: cannot override inside a non-mapping")
         node[last] = value
-
-
-def domain_noise_levels(ptl: PTLConfig) -> list[int]:
-    """t_n for n = 1..N: evenly spread up to t_final, t_n = round(n * t_final / N). Paper (N = t_final = 600): t_n = n."""
-    return [round(n * ptl.t_final / ptl.N) for n in range(1, ptl.N + 1)]

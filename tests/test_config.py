@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dasgen.config import Config, config_from_dict, domain_noise_levels, load_config
+from dasgen.config import Config, config_from_dict, load_config
+from dasgen.stages.chains import domain_noise_levels
 from dasgen.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def test_paper_params_load_and_hold_the_papers_values():
         ("ptl: {N: 0}", "params.yaml: ptl.N: must be >= 1, got 0"),
         ("sgg: {lambda: -1}", "params.yaml: sgg.lambda: must be >= 0.0, got -1.0"),
         ("ptl: {N: 2.5}", "params.yaml: ptl.N: expected int, got 2.5"),
-        ("ptl: {guided: 'yes'}", "params.yaml: ptl.guided: expected bool, got 'yes'"),
+        ("ptl: {unet_bf16: 'yes'}", "params.yaml: ptl.unet_bf16: expected bool, got 'yes'"),
         ("sgg: {arrangement: zigzag}", "params.yaml: sgg.arrangement: must be one of"),
         ("diffusion: {num_train_timesteps: 300}", "params.yaml: ptl.t_final: 400 exceeds diffusion.num_train_timesteps"),
         ("ptl: {N: 500}", "params.yaml: ptl.N: 500 domains need t_final >= N"),

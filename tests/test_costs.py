@@ -70,7 +70,7 @@ def test_estimate_is_units_times_unit_costs_scaled_by_pixels(config):
 def test_cost_grows_with_resolution_classes_and_src_loss(config, tmp_path):
     costs = schedule_costs(config, source_images=12)
     base = estimate_cost(config, costs, 3.0, entries=[entry_for(config)])
-    wider = load_config(write_tiny_params(tmp_path, data={"resolution": [16, 64]}))
+    wider = load_config(write_tiny_params(tmp_path, data={"resolution": [16, 64]}, toy={"width": 64}))
     assert estimate_cost(wider, schedule_costs(wider, 12), 3.0, entries=[entry_for(config)])["total_hours"] == \
         pytest.approx(2 * base["total_hours"])
     more_classes = estimate_cost(config, costs, 6.0, entries=[entry_for(config)])

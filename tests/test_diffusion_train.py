@@ -107,7 +107,8 @@ def test_save_load_round_trip(template, tmp_path):
     unet = copy.deepcopy(template).eval()
     target = tmp_path / "denoiser"
     digest = save_denoiser(unet, target)
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "dasgen_checksum.json",
+                                                       "diffusion_pytorch_model.safetensors"]
     assert digest == hashlib.sha256((target / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
     loaded = load_denoiser(target)
     assert not loaded.training

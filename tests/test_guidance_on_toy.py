@@ -36,7 +36,7 @@ def test_lambda_80_raises_agreement_on_the_toy_at_the_same_seeds(tiny_workspace)
         return float((pred[valid] == labels[valid]).float().mean()), float((x - x0).abs().mean())
 
     unguided, moved_unguided = agreement(None)
-    guided, moved_guided = agreement(Guidance(segmenter=g0, scale=80.0, plan=guidance_plan("alternate", 20, 0)))
+    guided, moved_guided = agreement(Guidance(segmenter=g0, lambda_=80.0, plan=guidance_plan("alternate", 20, 0)))
     # the tiny workspace's g_0 is trained for 6 iterations only, so the gain is small here; the README measures it
     # on the full toy (32 images, t = 100: 47.5 -> 55.5); the direction must hold at the same seeds
     assert guided > unguided

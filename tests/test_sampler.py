@@ -84,7 +84,7 @@ def test_two_step_chain_matches_manual_equations():
     x0, labels = make_batch(batch=2)
     schedule = NoiseSchedule.linear(T).truncated(2)
     denoiser = conv_denoiser()
-    guidance = Guidance(segmenter=colour_segmenter, plan=["lcg", "gsg"], scale=80.0)
+    guidance = Guidance(segmenter=colour_segmenter, plan=["lcg", "gsg"], lambda_=80.0)
     out = translate(x0, labels, denoiser=denoiser, schedule=schedule, generators=generators([5, 6]),
                     guidance=guidance)
 

@@ -64,7 +64,7 @@ def judge(model, images, labels):
 
 def train(config, out: Path, device) -> float:
     d = config.diffusion
-    reader = target_reader(config, config.data.target_train_split, labelled=False, root=REPO)
+    reader = target_reader(config, config.data.target.train_split, labelled=False, root=REPO)
     store = PairStore(reader, reader.entries(), config.data.resolution)
     sampler = store.sampler(d.train.batch_size, hflip=d.train.hflip)
     unet = build_unet(sample_size=tuple(config.data.resolution), block_out_channels=d.unet.block_out_channels,

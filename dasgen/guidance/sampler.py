@@ -40,7 +40,7 @@ class Guidance:
 
     segmenter: Segmenter  # x in [-1, 1] (B, 3, H, W) -> logits (B, C, H, W); must treat images independently
     plan: Sequence[str | None]  # plan[i] = module at reverse step i (see arrangement.guidance_plan)
-    scale: float = 80.0  # lambda (Sec. 5.1: lambda = 80)
+    lambda_: float = 80.0  # lambda of Eq. 7 (Sec. 5.1: lambda = 80); params: sgg.lambda
     max_copies_per_pass: int = 64  # LCG masked copies per segmenter pass: bounds memory, not the result
     lcg_normalise: str = "region"  # LCG loss: mean over the class region (default) or over the image (sgg.py)
     # Where the segmenter looks: the noisy x_k (paper, Eqs. 6 and 10) or the denoised estimate x0_hat(x_k, eps)
@@ -153,7 +153,7 @@ def translate(
             # respacing beta_t is the step's beta' (it spans several original steps, so the summed guidance over the
             # chain matches the full chain's). LCG's grad is sum_c m_c grad_c: Eq. 9's recombination of the per-class
             # guided means, exact because the masks partition the image and share one noise draw (sgg.py).
-            mean = mean - guidance.scale * schedule.sigma(position, mean) * grad
+            mean = mean - guidance.lambda_ * schedule.sigma(position, mean) * grad
         noise = _draw_noise(generators, image_shape, x) if position > 0 else None  # no noise at the last step
         x = schedule.p_sample(mean, position, noise, variance)  # Eqs. 3 / 8
         if on_step is not None:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from dasgen.config import Config, domain_noise_levels
+from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.datasets.registry import open_dataset
@@ -49,7 +49,7 @@ from dasgen.segment.train import train_source
 from dasgen.stages.ablate_report import RESULT_FILE, _pct, build_report, render_markdown, write_reports
 from dasgen.stages.ablate_spec import (AblationSpec, Variant, load_spec, params, seed_config,  # noqa: F401 (API)
                                        variant_config)
-from dasgen.stages.chains import domain_chain
+from dasgen.stages.chains import domain_chain, domain_noise_levels
 from dasgen.stages.common import load_source_pairs, read_json, resolve_device, source_reader, write_json
 from dasgen.stages.diffusion import run_train_diffusion
 from dasgen.stages.domain import run_domain
@@ -129,7 +129,7 @@ def prepare_ddpm(spec: AblationSpec, ws: Workspace, *, ddpm: Path | None, consol
     model_file = ws.diffusion_model / "diffusion_pytorch_model.safetensors"
     marker = ws.diffusion_dir / ".ablation-ddpm.json"
     trained_print = {"diffusion": d["diffusion"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
-                     "target": [d["data"]["target_root"], d["data"]["target_train_split"]]}
+                     "target": [d["data"]["target"]["root"], d["data"]["target"]["train_split"]]}
     recorded = json.loads(marker.read_text()) if marker.is_file() and model_file.is_file() else None
     if ddpm is not None:
         given = Path(ddpm) / "diffusion_pytorch_model.safetensors"
@@ -256,7 +256,7 @@ def prepare_seed(spec: AblationSpec, seed: int, shared: Workspace, *, console: C
 def train_oracle(config: Config, oracle_toy: Path, path: Path, *, device: torch.device) -> tuple[Segmenter, float]:
     """A segmenter of g_0's arch and recipe trained on labelled *target* images (the oracle toy's val split)."""
     started = time.time()
-    reader = open_dataset(config.data.target_kind, oracle_toy / "target", split="val", labelled=True)
+    reader = open_dataset(config.data.target.kind, oracle_toy / "target", split="val", labelled=True)
     store = PairStore(reader, reader.entries(), config.data.resolution)
     st = config.segmenter.source_train
     model = new_segmenter(config).to(device)

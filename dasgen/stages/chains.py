@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dasgen.config import Config, domain_noise_levels
+from dasgen.config import Config, PTLConfig
 from dasgen.diffusion.schedule import NoiseSchedule, evenly_spaced_steps
+
+
+def domain_noise_levels(ptl: PTLConfig) -> list[int]:
+    """t_n for n = 1..N: evenly spread up to t_final, t_n = round(n * t_final / N). Paper (N = t_final = 600): t_n = n."""
+    return [round(n * ptl.t_final / ptl.N) for n in range(1, ptl.N + 1)]
 
 
 def base_schedule(config: Config) -> NoiseSchedule:

@@ -32,7 +32,7 @@ def source_reader(config: Config, root: Path = Path(".")) -> DatasetReader:
 
 
 def target_reader(config: Config, split: str, *, labelled: bool, root: Path = Path(".")) -> DatasetReader:
-    return open_dataset(config.data.target_kind, root / config.data.target_root, split=split, labelled=labelled)
+    return open_dataset(config.data.target.kind, root / config.data.target.root, split=split, labelled=labelled)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -38,7 +38,7 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
         write_json(ws.metrics / "diffusion.json", metrics)
         return metrics
 
-    reader = target_reader(config, config.data.target_train_split, labelled=False, root=ws.root)
+    reader = target_reader(config, config.data.target.train_split, labelled=False, root=ws.root)
     entries = reader.entries()
     store = PairStore(reader, entries, config.data.resolution)
     console.print(f"diffusion: {len(entries)} target images at {tuple(config.data.resolution)}, "

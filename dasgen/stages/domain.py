@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import dasgen
-from dasgen.config import Config, domain_noise_levels
+from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.unet import load_denoiser, make_eps_fn, verify_denoiser_checksum
@@ -39,7 +39,7 @@ from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune
-from dasgen.stages.chains import domain_chain
+from dasgen.stages.chains import domain_chain, domain_noise_levels
 from dasgen.stages.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.stages.distributed import DistContext, data_parallel_segmenter
 from dasgen.stages.g0 import augment_settings
@@ -226,7 +226,8 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
 
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, plan.n, "finetune"))
     losses = finetune(trained, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters, lr=ft.lr,
-                      momentum=ft.momentum, optimizer=ft.optimizer, augment=augment_settings(config, ft.aug_fraction),
+                      momentum=ft.momentum, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
+                      augment=augment_settings(config, ft.aug_fraction),
                       generator=generator, progress=progress)
     model.eval()
     return model, losses

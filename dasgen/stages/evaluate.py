@@ -17,11 +17,11 @@ from dasgen.stages.segmenters import store_batches
 def run_evaluate(config: Config, checkpoint: Path, *, workspace: Path = Path("."), kind: str | None = None, root: Path | None = None,
                  split: str | None = None, protocol: int | None = None, batch_size: int = 16) -> dict:
     """Per-class IoU and mIoU of ``checkpoint`` on a labelled set (default: the params' target val split)."""
-    kind = kind or config.data.target_kind
-    root = root or workspace / config.data.target_root
-    split = split or config.data.target_val_split
+    kind = kind or config.data.target.kind
+    root = root or workspace / config.data.target.root
+    split = split or config.data.target.val_split
     if split is None:
-        raise DasgenError("evaluate: no labelled split given (--split) and data.target_val_split is null")
+        raise DasgenError("evaluate: no labelled split given (--split) and data.target.val_split is null")
     device = resolve_device(config.run.device)
     model = load_segmenter(checkpoint, device=device, expect_arch=config.segmenter.arch, expect_classes=19)
     reader = open_dataset(kind, root, split=split, labelled=True)

@@ -56,7 +56,7 @@ def protected_paths(config: Config, ws: Workspace) -> dict[Path, str]:
     """What an export may never be written into, over or around: the datasets it reads and the pipeline's artifacts."""
     return {
         ws.root / config.data.source.root: "the source dataset (data.source.root)",
-        ws.root / config.data.target_root: "the target dataset (data.target_root)",
+        ws.root / config.data.target.root: "the target dataset (data.target.root)",
         ws.root / config.toy.out: "the toy datasets (toy.out)",
         ws.source_pairs: "the source scan (data/source_pairs.json)",
         ws.diffusion_dir: "the target DDPM (data/diffusion)",

@@ -15,12 +15,12 @@ from dasgen.seeding import image_seed
 def domain_guidance(config: Config, segmenter: Segmenter, n: int, n_steps: int,
                     arrangement: str | None = None) -> Guidance | None:
     """SGG for domain n's chain of ``n_steps`` reverse steps, guided by ``segmenter`` (g_{n-1}); None when unguided
-    (``ptl.guided: false`` or arrangement ``none``). ``arrangement`` overrides ``sgg.arrangement`` (pictures)."""
+    (arrangement ``none``). ``arrangement`` overrides ``sgg.arrangement`` (pictures)."""
     arrangement = arrangement or config.sgg.arrangement
-    if not config.ptl.guided or arrangement == "none":
+    if arrangement == "none":
         return None
     plan = guidance_plan(arrangement, n_steps, image_seed(config.run.seed, n, "plan"))
-    return Guidance(segmenter=segmenter, scale=config.sgg.lambda_, plan=plan,
+    return Guidance(segmenter=segmenter, lambda_=config.sgg.lambda_, plan=plan,
                     max_copies_per_pass=config.sgg.max_copies_per_pass, lcg_normalise=config.sgg.lcg_normalise,
                     gradient_at=config.sgg.gradient_at)
 

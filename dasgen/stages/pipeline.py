@@ -42,7 +42,7 @@ def _rel(path: Path, ws: Workspace) -> str:
 def _local_source_deps(config: Config) -> list[str]:
     """The source and target roots, when they live inside the repository (real datasets elsewhere are not hashed)."""
     deps = []
-    for root in (config.data.source.root, config.data.target_root):
+    for root in (config.data.source.root, config.data.target.root):
         if not Path(root).is_absolute() and not root.startswith("..") and root not in deps:
             deps.append(root)
     return deps
@@ -68,7 +68,7 @@ def build_pipeline(config: Config, ws: Workspace = Workspace(Path("."))) -> dict
     stages["train_diffusion"] = {
         "cmd": "dasgen train-diffusion",
         "deps": data_deps + stage_code_deps("train_diffusion"),
-        "params": ["diffusion", "data.target_kind", "data.target_root", "data.target_train_split",
+        "params": ["diffusion", "data.target.kind", "data.target.root", "data.target.train_split",
                    "data.resolution", "run.seed"],
         "outs": [{_rel(ws.diffusion_dir, ws): {"persist": True}}],
         "metrics": [{"metrics/diffusion.json": {"cache": False}}],
@@ -77,12 +77,12 @@ def build_pipeline(config: Config, ws: Workspace = Workspace(Path("."))) -> dict
     stages["train_g0"] = {
         "cmd": "dasgen train-g0",
         "deps": [_rel(ws.source_pairs, ws)] + data_deps + stage_code_deps("train_g0"),
-        "params": ["segmenter", "ptl.t_final", "data.target_val_split"] + SOURCE_PARAMS + SCHEDULE_PARAMS,
+        "params": ["segmenter", "ptl.t_final", "data.target.val_split"] + SOURCE_PARAMS + SCHEDULE_PARAMS,
         "outs": [_rel(ws.g0_dir, ws)],
         "metrics": [{"metrics/g0.json": {"cache": False}}],
     }
     previous = _rel(ws.segmenter_path(0), ws)
-    domain_params = (["sgg", "ptl", "segmenter.eval_protocol", "data.target_val_split"]
+    domain_params = (["sgg", "ptl", "segmenter.eval_protocol", "data.target.val_split"]
                      + SOURCE_PARAMS + SCHEDULE_PARAMS)
     metric_files = ["metrics/g0.json"]
     for first, last in domain_groups(config):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dasgen.config import Config, domain_noise_levels
+from dasgen.config import Config
 from dasgen.guidance.arrangement import guidance_plan
 from dasgen.seeding import image_seed
-from dasgen.stages.chains import domain_chain
+from dasgen.stages.chains import domain_chain, domain_noise_levels
 
 ASSUMED_CLASSES_PER_IMAGE = 8.0  # LCG copies per image when the source has not been scanned (GTA5 averages ~12)
 
@@ -32,8 +32,7 @@ def schedule_costs(config: Config, source_images: int) -> list[DomainCost]:
     for n, t in enumerate(domain_noise_levels(config.ptl), start=1):
         steps = len(domain_chain(config, n))
         images = source_images if n == config.ptl.N else min(config.ptl.images_per_domain, source_images)
-        arrangement = config.sgg.arrangement if config.ptl.guided else "none"
-        modules = guidance_plan(arrangement, steps, image_seed(config.run.seed, n, "plan"))
+        modules = guidance_plan(config.sgg.arrangement, steps, image_seed(config.run.seed, n, "plan"))
         costs.append(DomainCost(n=n, t=t, steps=steps, images=images, lcg_steps=modules.count("lcg"),
                                 gsg_steps=modules.count("gsg")))
     return costs

@@ -37,10 +37,10 @@ def store_batches(store: PairStore, batch_size: int, device: torch.device) -> It
 
 
 def target_val_store(config: Config, root: Path = Path(".")) -> PairStore | None:
-    """The labelled target set used only for scoring (None when ``data.target_val_split`` is null)."""
-    if config.data.target_val_split is None:
+    """The labelled target set used only for scoring (None when ``data.target.val_split`` is null)."""
+    if config.data.target.val_split is None:
         return None
-    reader = target_reader(config, config.data.target_val_split, labelled=True, root=root)
+    reader = target_reader(config, config.data.target.val_split, labelled=True, root=root)
     return PairStore(reader, reader.entries(), config.data.resolution)
 
 

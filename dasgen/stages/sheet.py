@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from dasgen.config import Config, domain_noise_levels
+from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.unet import load_denoiser, make_eps_fn
@@ -30,7 +30,7 @@ from dasgen.guidance.sampler import translate
 from dasgen.labels import IGNORE_INDEX, train_id_to_color
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.stages.chains import domain_chain
+from dasgen.stages.chains import domain_chain, domain_noise_levels
 from dasgen.stages.guided import domain_guidance, sampler_options
 from dasgen.stages.common import load_source_pairs, resolve_device, source_reader
 from dasgen.stages.domain import image_consistency
