@@ -149,6 +149,9 @@ class SGGConfig:
     max_copies_per_pass: int = knob(64, min=1)  # LCG masked copies per segmenter pass (memory budget)
     lcg_normalise: Literal["region", "image"] = "region"  # LCG CE mean over the class region | over the image
     gradient_at: Literal["x_t", "x0_hat"] = "x_t"  # segmenter sees x_k (paper) | the denoised estimate (deviation)
+    # deviation if set: the [H, W] at which lambda is calibrated; other resolutions get the same per-pixel steps
+    lambda_resolution: Optional[list[int]] = knob(None, min=1)
+    max_step: Optional[float] = knob(None, min=0.0, exclusive_min=True)  # deviation if set: cap per-pixel step
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,8 @@ def _cross_checks(config: Config, source: str) -> None:
                           f"({config.ptl.t_final}); the DDPM must learn every noise level the domains use")
     if len(d.train.adam_betas) != 2:
         raise ConfigError(f"{source}: diffusion.train.adam_betas: expected two numbers")
+    if config.sgg.lambda_resolution is not None and len(config.sgg.lambda_resolution) != 2:
+        raise ConfigError(f"{source}: sgg.lambda_resolution: expected [height, width] or null")
     if config.segmenter.input_size is not None and len(config.segmenter.input_size) != 2:
         raise ConfigError(f"{source}: segmenter.input_size: expected [height, width] or null")
 

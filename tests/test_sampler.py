@@ -227,3 +227,48 @@ def test_posterior_variance_changes_only_the_noise_scale():
         assert torch.allclose(out, x, atol=1e-5), variance
     with pytest.raises(ValueError, match="variance"):
         translate(x0, None, denoiser=zero, schedule=schedule, generators=generators([1, 2, 3]), variance="small")
+
+
+def _first_guided_step(x0, labels, guidance, seed=7):
+    """x after one guided step minus x after the same step unguided: the guidance displacement (B, 3, H, W).
+
+    One reverse step of beta = 1e-6 (noise std 1e-3: the noisy input is the scene itself to 0.1 %)."""
+    schedule = NoiseSchedule(betas=torch.tensor([1e-6], dtype=torch.float64), model_timesteps=torch.tensor([0]))
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    kwargs = dict(denoiser=zero, schedule=schedule)
+    guided = translate(x0, labels, generators=generators([seed] * len(x0)), guidance=guidance, **kwargs)
+    plain = translate(x0, labels, generators=generators([seed] * len(x0)), **kwargs)
+    return guided - plain
+
+
+def test_lambda_resolution_gives_the_same_per_pixel_step_at_two_resolutions():
+    """The same synthetic scene at 8x12 and at 2x (16x24, nearest): with the CE a region or image mean, the paper's
+    step per pixel is 4x smaller at 2x; with reference_pixels it is the same (GSG exactly, LCG too)."""
+    g = torch.Generator().manual_seed(5)
+    small_labels = torch.randint(0, 3, (1, 8, 12), generator=g)
+    small = COLOURS[small_labels[0]].permute(2, 0, 1)[None] * 0.3  # (1, 3, 8, 12): colour-coded scene
+    big, big_labels = (small.repeat_interleave(2, 2).repeat_interleave(2, 3),
+                       small_labels.repeat_interleave(2, 1).repeat_interleave(2, 2))
+    for module in ("gsg", "lcg"):
+        steps = {}
+        for name, ref in (("paper", None), ("normalised", 8 * 12)):
+            guidance = Guidance(segmenter=colour_segmenter, plan=[module], reference_pixels=ref, lambda_=1e4)
+            small_step = _first_guided_step(small, small_labels, guidance)
+            big_step = _first_guided_step(big, big_labels, guidance)
+            big_as_small = big_step.reshape(1, 3, 8, 2, 12, 2).mean(dim=(3, 5))  # (1, 3, 8, 12)
+            steps[name] = float(big_as_small.abs().mean() / small_step.abs().mean())
+        assert steps["paper"] == pytest.approx(0.25, rel=0.05), (module, steps)
+        assert steps["normalised"] == pytest.approx(1.0, rel=0.05), (module, steps)
+
+
+def test_max_step_bounds_every_pixels_guidance_step():
+    x0, labels = make_batch()
+    free = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], lambda_=5e6))
+    capped = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], lambda_=5e6,
+                                                     max_step=0.05))
+    assert free.abs().max() > 0.05
+    assert capped.abs().max() <= 0.05 + 1e-6
+    small = free.abs() < 0.04  # below the cap, nothing changes
+    assert torch.allclose(capped[small], free[small], atol=1e-6)
+    with pytest.raises(ValueError, match="max_step"):
+        Guidance(segmenter=colour_segmenter, plan=[], max_step=0.0)

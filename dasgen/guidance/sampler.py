@@ -47,12 +47,23 @@ class Guidance:
     # (deviation, after FreeDoM / MPGD: a clean-image segmenter judges a clean-looking image; the gradient is taken
     # with respect to x0_hat and not propagated through the U-Net, so it costs what the paper's does).
     gradient_at: str = "x_t"
+    # lambda's resolution (deviation if set): the CE is a mean over a region or an image, so for the same scene its
+    # per-pixel gradient shrinks as 1 / pixels; scaling it by pixels / reference_pixels makes every pixel's step the
+    # one it gets at the reference resolution, so a lambda tuned there transfers (None: no scaling, the paper).
+    reference_pixels: int | None = None
+    # per-pixel cap on the guidance step |lambda * Sigma * grad| in [-1, 1] image units (deviation if set): peers'
+    # guard against single steps that paint adversarial noise (None: uncapped, the paper).
+    max_step: float | None = None
 
     def __post_init__(self) -> None:
         plan = tuple(self.plan)
         unknown = sorted({str(m) for m in plan if m not in (LCG, GSG, None)})
         if unknown:
             raise ValueError(f"Guidance.plan entries must be 'lcg', 'gsg' or None, got {unknown}")
+        if self.reference_pixels is not None and self.reference_pixels < 1:
+            raise ValueError(f"Guidance.reference_pixels must be >= 1, got {self.reference_pixels}")
+        if self.max_step is not None and not self.max_step > 0:
+            raise ValueError(f"Guidance.max_step must be > 0, got {self.max_step}")
         if self.gradient_at not in ("x_t", "x0_hat"):
             raise ValueError(f"Guidance.gradient_at must be 'x_t' or 'x0_hat', got {self.gradient_at!r}")
         object.__setattr__(self, "plan", plan)
@@ -153,7 +164,12 @@ def translate(
             # respacing beta_t is the step's beta' (it spans several original steps, so the summed guidance over the
             # chain matches the full chain's). LCG's grad is sum_c m_c grad_c: Eq. 9's recombination of the per-class
             # guided means, exact because the masks partition the image and share one noise draw (sgg.py).
-            mean = mean - guidance.lambda_ * schedule.sigma(position, mean) * grad
+            step_size = guidance.lambda_ * schedule.sigma(position, mean) * grad
+            if guidance.reference_pixels is not None:  # per-pixel steps as at the reference resolution
+                step_size = step_size * (x.shape[-2] * x.shape[-1] / guidance.reference_pixels)
+            if guidance.max_step is not None:
+                step_size = step_size.clamp(-guidance.max_step, guidance.max_step)
+            mean = mean - step_size
         noise = _draw_noise(generators, image_shape, x) if position > 0 else None  # no noise at the last step
         x = schedule.p_sample(mean, position, noise, variance)  # Eqs. 3 / 8
         if on_step is not None:

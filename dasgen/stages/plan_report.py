@@ -57,6 +57,11 @@ def deviations(config: Config) -> list[str]:
                      "paper: Sigma = beta_t)")
     if config.sgg.gradient_at != "x_t":
         notes.append("guidance gradient taken at the denoised estimate x0_hat (sgg.gradient_at = x0_hat; paper: at x_k)")
+    if config.sgg.lambda_resolution is not None:
+        h, w = config.sgg.lambda_resolution
+        notes.append(f"guidance steps scaled to lambda's resolution {h}x{w} (sgg.lambda_resolution; paper: none)")
+    if config.sgg.max_step is not None:
+        notes.append(f"guidance step capped at {config.sgg.max_step} per pixel (sgg.max_step; paper: uncapped)")
     if config.sgg.lcg_normalise != "region":
         notes.append("LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)")
     train = config.diffusion.train
