@@ -1,6 +1,7 @@
 """A real-scale smoke run on the CPU: the stage code path at 256x512 with the paper's DeepLab-V2 / ResNet-101.
 
-Two source images, one PTL domain with t_1 = 2 (one LCG and one GSG step over all 19-class-capable logits), a U-Net
+Two source images, one PTL domain with t_1 = 1 (one LCG step: every class region of both images through the segmenter
+in chunks of ``sgg.max_copies_per_pass``), a U-Net
 with four levels sized for 256x512, one iteration of each training: toy -> scan -> DDPM -> g_0 -> translate (SGG,
 fine-tune g_1, the artifact) -> export -> verify. What it proves is that nothing in the path assumes toy sizes
 (resizes, level counts, memory chunking by ``sgg.max_copies_per_pass``), not any accuracy.
@@ -28,7 +29,7 @@ def test_real_scale_stage_path_at_256x512_with_deeplabv2_resnet101(tmp_path):
                    "train": {"steps": 1, "batch_size": 1, "checkpoint_every": 1}},
         segmenter={"arch": "deeplabv2_resnet101", "source_train": {"iters": 1, "batch_size": 2}},
         sgg={"max_copies_per_pass": 4},
-        ptl={"N": 1, "t_final": 2, "steps_per_domain": None, "translate_batch_size": 2,
+        ptl={"N": 1, "t_final": 1, "steps_per_domain": None, "translate_batch_size": 2,
              "finetune": {"iters": 1, "batch_size": 2}},
     )
     runner = CliRunner()
@@ -39,7 +40,7 @@ def test_real_scale_stage_path_at_256x512_with_deeplabv2_resnet101(tmp_path):
         result = runner.invoke(app, [*base, *command])
         assert result.exit_code == 0, (command, result.output)
     metrics = json.loads((tmp_path / "data/domains/001/metrics.json").read_text())
-    assert metrics["images"] == 2 and metrics["reverse_steps"] == 2 and metrics["t"] == 2
+    assert metrics["images"] == 2 and metrics["reverse_steps"] == 1 and metrics["t"] == 1
     exported = sorted((tmp_path / "export" / "leftImg8bit").rglob("*.png"))
     assert len(exported) == 2
     from PIL import Image

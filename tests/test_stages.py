@@ -137,3 +137,20 @@ def test_evaluate_cli(workspace):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)
     assert 0.0 <= scores["miou"] <= 1.0 and scores["protocol"] == 19
+
+
+def test_blown_up_images_are_counted_against_real_target_photos(workspace):
+    import numpy as np
+
+    from dasgen.stages.image_quality import blow_up_report, target_roughness
+
+    config = load_config(workspace / "params.yaml")
+    reference = target_roughness(config, workspace)
+    rng = np.random.default_rng(0)
+    photo_like = np.full((16, 32, 3), 120, np.uint8)
+    noise = rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)  # what an over-strong guidance step paints
+    report = blow_up_report([photo_like, noise, noise], reference)
+    assert report == {"roughness_ratio": report["roughness_ratio"], "blown_up_images": 2, "images": 3}
+    metrics = run_domain(config, Workspace(workspace), 1, progress=False)
+    assert metrics["blown_up_images"] == 0 and 0 < metrics["roughness_ratio"] < 2.5
+    assert json.loads((Workspace(workspace).domain_metrics(1)).read_text())["blown_up_images"] == 0

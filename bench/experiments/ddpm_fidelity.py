@@ -30,7 +30,8 @@ from dasgen.guidance.sampler import translate
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
-from dasgen.stages.ablate import roughness, train_oracle
+from dasgen.stages.ablate import train_oracle
+from dasgen.stages.image_quality import roughness
 from dasgen.stages.chains import base_schedule
 from dasgen.stages.common import target_reader
 from dasgen.stages.segmenters import target_val_store

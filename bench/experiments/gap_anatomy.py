@@ -7,15 +7,18 @@ built from the toy's own renderer -- an ideal translation of each kind -- and sc
 
   source        the source look (= g_0's training data)
   high-freq     source colours and light, the target's texture, blur and sensor noise (what low t can transfer)
+  grading       the target's light, grading, haze and surface (everything but colours) on the source palette
+  palette       the target's class colours (no swaps) under the source's light and grading
   no-swap       the full target look except the confusing colour swaps
   target        the full target look (an ideal translation: the upper bound for any X^N)
 
-    python bench/experiments/gap_anatomy.py     # writes docs/results/experiments/gap-anatomy.{json,md}
+    python bench/experiments/gap_anatomy.py [LOOK ...]   # writes docs/results/experiments/gap-anatomy.{json,md}
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,15 +43,22 @@ def looks() -> dict:
     _, target = appearance(1.0, True)
     _, no_swap = appearance(1.0, False)
     high_freq = replace(SOURCE_LOOK, texture=TARGET_LOOK.texture, blur=TARGET_LOOK.blur, noise=TARGET_LOOK.noise)
-    return {"source": SOURCE_LOOK, "high-freq": high_freq, "no-swap": no_swap, "target": target}
+    grading = replace(no_swap, palette=SOURCE_LOOK.palette, jitter=SOURCE_LOOK.jitter)
+    palette = replace(SOURCE_LOOK, palette=no_swap.palette, jitter=no_swap.jitter)
+    return {"source": SOURCE_LOOK, "high-freq": high_freq, "grading": grading, "palette": palette,
+            "no-swap": no_swap, "target": target}
 
 
 def main() -> None:
     config = load_config(REPO / "params.yaml", {"run.device": "cpu"})
     t = config.toy
     val = target_val_store(config, REPO)
-    results = {}
+    path = OUT / "gap-anatomy.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    wanted = sys.argv[1:] or list(looks())
     for name, look in looks().items():
+        if name not in wanted:
+            continue
         started = time.time()
         pairs = [_sample(look, "source", "train", i, t.seed, t.height, t.width) for i in range(t.n_source)]
         x = torch.stack([to_model_tensor(image) for image, _ in pairs])  # (N, 3, H, W)
@@ -76,7 +86,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "gap-anatomy.json").write_text(json.dumps(results, indent=1) + "\n")
     rows = ["| training images (source layouts, 300) | target val mIoU |", "| --- | ---: |"]
-    rows += [f"| {name} look | {r['target_miou']} |" for name, r in results.items()]
+    rows += [f"| {name} look | {results[name]['target_miou']} |" for name in looks() if name in results]
     (OUT / "gap-anatomy.md").write_text(
         "# Which part of the gap can a translation close? (bench/experiments/gap_anatomy.py)\n\n"
         "g_0's recipe trained on the source layouts rendered with each look, scored on the real target val:\n\n"

@@ -27,7 +27,7 @@ from dasgen.guidance.sampler import translate
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.seeding import image_generator
-from dasgen.stages.ablate import roughness
+from dasgen.stages.image_quality import roughness
 from dasgen.stages.chains import base_schedule
 from dasgen.stages.common import load_source_pairs, source_reader
 from dasgen.stages.guided import domain_guidance, sampler_options

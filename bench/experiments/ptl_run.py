@@ -24,7 +24,8 @@ import yaml
 from dasgen.config import config_from_dict, load_config
 from dasgen.datasets.pairs import PairStore
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.stages.ablate import BLOWN_UP_FACTOR, roughness, score_consistency
+from dasgen.stages.ablate import score_consistency
+from dasgen.stages.image_quality import BLOWN_UP_FACTOR, roughness
 from dasgen.stages.common import load_source_pairs, source_reader
 from dasgen.stages.domain import run_domain
 from dasgen.stages.segmenters import target_val_store

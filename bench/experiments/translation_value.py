@@ -30,7 +30,7 @@ from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import train_source
-from dasgen.stages.ablate import roughness
+from dasgen.stages.image_quality import roughness
 from dasgen.stages.chains import base_schedule
 from dasgen.stages.common import load_source_pairs, source_reader
 from dasgen.stages.g0 import augment_settings

@@ -49,6 +49,7 @@ from dasgen.segment.train import train_source
 from dasgen.stages.ablate_report import RESULT_FILE, _pct, build_report, render_markdown, write_reports
 from dasgen.stages.ablate_spec import (AblationSpec, Variant, load_spec, params, seed_config,  # noqa: F401 (API)
                                        variant_config)
+from dasgen.stages.image_quality import blow_up_report, target_roughness
 from dasgen.stages.chains import domain_chain, domain_noise_levels
 from dasgen.stages.common import load_source_pairs, read_json, resolve_device, source_reader, write_json
 from dasgen.stages.diffusion import run_train_diffusion
@@ -61,7 +62,6 @@ from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import sha256_file
 from dasgen.store.domain_read import iter_domain_images
 
-BLOWN_UP_FACTOR = 2.5  # an image rougher than 2.5x the real target photos counts as blown up into noise
 
 __all__ = ["AblationSpec", "Variant", "load_spec", "render_markdown", "run_ablation", "seed_config",
            "variant_config"]
@@ -190,22 +190,13 @@ def _source_pairs(store: PairStore) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield pair.image, pair.train_ids
 
 
-def roughness(image: np.ndarray) -> float:
-    """Mean absolute difference of horizontally adjacent pixels of a uint8 (H, W, 3) image, in uint8 units: about
-    12 for the toy target photos, far higher for the high-frequency adversarial noise an over-strong guidance step
-    paints (an image that fools g_{n-1} but shows nothing)."""
-    return float(np.abs(np.diff(image.astype(np.float32), axis=1)).mean())  # (H, W-1, 3) -> scalar
-
-
 def final_image_roughness(directory: Path, shared: Workspace, config: Config) -> dict:
-    """Roughness of a domain's images against the real target val images': the mean, and the fraction of images
-    rougher than ``BLOWN_UP_FACTOR`` x the target's mean (blown up into noise)."""
-    store = target_val_store(config, shared.root)
-    reference = float(np.mean([roughness(store.get(e.id).image) for e in store.entries])) if store else None
-    values = [roughness(image) for _, image in iter_domain_images(directory)]
-    return {"roughness": float(np.mean(values)), "target_roughness": reference,
-            "blown_up": None if reference is None else float(np.mean([v > BLOWN_UP_FACTOR * reference
-                                                                      for v in values]))}
+    """Roughness of a domain's images against real target photos' (:mod:`.image_quality`): the mean, and the
+    fraction of images blown up into noise."""
+    reference = target_roughness(config, shared.root)
+    report = blow_up_report((image for _, image in iter_domain_images(directory)), reference)
+    return {"roughness": report["roughness_ratio"] * reference, "target_roughness": reference,
+            "blown_up": report["blown_up_images"] / max(report["images"], 1)}
 
 
 # -- per-seed inputs and reference rows ------------------------------------------------------------------------------

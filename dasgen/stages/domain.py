@@ -44,6 +44,7 @@ from dasgen.stages.common import canonical_root, load_source_pairs, resolve_devi
 from dasgen.stages.distributed import DistContext, data_parallel_segmenter
 from dasgen.stages.g0 import augment_settings
 from dasgen.stages.guided import domain_guidance, sampler_options
+from dasgen.stages.image_quality import blow_up_report, target_roughness
 from dasgen.stages.segmenters import score_on_target, target_val_store
 from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import sha256_file
@@ -267,6 +268,7 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     sha_out = save_segmenter(model, out / "segmenter.safetensors", meta={"domain": n, "t": plan.t})
     target = score_on_target(model, config, device, target_val_store(config, ws.root))
     consistencies = writer.consistencies()
+    quality = blow_up_report((writer.read_image(image_id) for image_id in plan.ids), target_roughness(config, ws.root))
     metrics = {
         "domain": n,
         "t": plan.t,
@@ -274,6 +276,8 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
         "images": len(plan.ids),
         "images_translated_this_run": written,
         "consistency": float(np.mean(consistencies)) if consistencies else None,
+        "blown_up_images": quality["blown_up_images"],  # rougher than 2.5x real target photos (image_quality.py)
+        "roughness_ratio": quality["roughness_ratio"],
         "target_miou": None if target is None else target["miou"],
         "target_per_class": None if target is None else target["per_class"],
         "finetune_final_loss": losses.get("final_loss") if isinstance(losses, dict) else None,
