@@ -115,6 +115,7 @@ class DiffusionConfig:
     beta_start: float = knob(1e-4, min=0.0, max=1.0, exclusive_min=True)  # beta_1 = 1e-4
     beta_end: float = knob(0.02, min=0.0, max=1.0, exclusive_min=True)  # beta_T = 0.02
     pretrained: Optional[str] = None  # a diffusers UNet2DModel directory to use instead of training one
+    fidelity_levels: list[int] = knob([25, 50, 100], min=1)  # round trips phi^t of target photos recorded as metrics
     unet: UNetConfig = section(UNetConfig)
     train: DiffusionTrainConfig = section(DiffusionTrainConfig)
 

@@ -309,3 +309,16 @@ def test_plan_names_the_ddpm_recipe_deviations():
     assert any("t <= 250" in note for note in new) and any("cosine" in note for note in new) and len(new) == 2
     pretrained = deviations(config_from_dict({"diffusion": {"pretrained": "ddpm", "train": {"max_timestep": 900}}}))
     assert not any("t <= 900" in note for note in pretrained)  # a brought DDPM is not trained here
+
+
+def test_train_diffusion_records_the_round_trip_of_real_target_photos(tiny_workspace):
+    from PIL import Image
+
+    metrics = json.loads((Path(tiny_workspace) / "metrics" / "diffusion.json").read_text())
+    assert set(metrics["roundtrip"]) == {"t25", "t50", "t100"}  # params' fidelity levels (T = 1000, no cap)
+    for level in metrics["roundtrip"].values():
+        assert level["psnr"] > 0 and level["roughness_ratio"] > 0
+    psnr = [metrics["roundtrip"][k]["psnr"] for k in ("t25", "t50", "t100")]
+    assert psnr[0] > psnr[2]  # more noise, less of the photo kept
+    picture = Image.open(Path(tiny_workspace) / "metrics" / "diffusion_roundtrip.png")
+    assert picture.size[0] > picture.size[1] > 0  # rows: photos; columns: clean | phi^25 | phi^50 | phi^100

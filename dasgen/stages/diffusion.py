@@ -16,11 +16,12 @@ from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.train import train_ddpm
 from dasgen.diffusion.training_state import STATE_JSON
-from dasgen.diffusion.unet import build_unet, load_denoiser, save_denoiser
+from dasgen.diffusion.unet import build_unet, load_denoiser, make_eps_fn, save_denoiser
 from dasgen.errors import ConfigError
 from dasgen.seeding import image_seed
 from dasgen.stages.chains import base_schedule
 from dasgen.stages.common import resolve_device, target_reader, write_json
+from dasgen.stages.diffusion_fidelity import round_trip
 from dasgen.stages.workspace import Workspace
 from dasgen.store.atomic import atomic_write_bytes
 
@@ -34,7 +35,8 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
     if d.pretrained:
         unet = load_denoiser(ws.root / d.pretrained, device="cpu")
         sha = save_denoiser(unet, ws.diffusion_model)
-        metrics = {"pretrained": d.pretrained, "model_sha256": sha}
+        metrics = {"pretrained": d.pretrained, "model_sha256": sha,
+                   "roundtrip": round_trip(config, make_eps_fn(unet.to(device)), ws.root, device, ws.roundtrip_png)}
         write_json(ws.metrics / "diffusion.json", metrics)
         return metrics
 
@@ -62,8 +64,9 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
         schedule = schedule.truncated(d.train.max_timestep)
     result = train_ddpm(unet, sample_batch, schedule, steps=d.train.steps,
                         batch_size=d.train.batch_size, lr=d.train.lr, adam_betas=tuple(d.train.adam_betas),
-                        ema_decay=d.train.ema_decay, lr_schedule=d.train.lr_schedule, seed=config.run.seed, work_dir=ws.diffusion_state,
-                        checkpoint_every=d.train.checkpoint_every, log_path=log_path, progress=progress)
+                        ema_decay=d.train.ema_decay, lr_schedule=d.train.lr_schedule, seed=config.run.seed,
+                        work_dir=ws.diffusion_state, checkpoint_every=d.train.checkpoint_every, log_path=log_path,
+                        progress=progress)
     sha = save_denoiser(result.model, ws.diffusion_model)
     ws.metrics.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(ws.metrics / "diffusion_loss.csv", log_path.read_bytes())  # never a torn copy
@@ -74,6 +77,7 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
         "final_loss": float(sum(tail) / len(tail)) if tail else None,
         "resumed_from": result.resumed_from,
         "model_sha256": sha,
+        "roundtrip": round_trip(config, make_eps_fn(result.model), ws.root, device, ws.roundtrip_png),
         "wall_s": round(time.time() - started, 1),
     }
     write_json(ws.metrics / "diffusion.json", metrics)

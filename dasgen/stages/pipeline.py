@@ -69,10 +69,12 @@ def build_pipeline(config: Config, ws: Workspace = Workspace(Path("."))) -> dict
         "cmd": "dasgen train-diffusion",
         "deps": data_deps + stage_code_deps("train_diffusion"),
         "params": ["diffusion", "data.target.kind", "data.target.root", "data.target.train_split",
+                   "data.target.val_split",
                    "data.resolution", "run.seed"],
         "outs": [{_rel(ws.diffusion_dir, ws): {"persist": True}}],
         "metrics": [{"metrics/diffusion.json": {"cache": False}}],
-        "plots": [{"metrics/diffusion_loss.csv": {"cache": False, "x": "step", "y": "loss"}}],
+        "plots": [{"metrics/diffusion_loss.csv": {"cache": False, "x": "step", "y": "loss"}},
+                  {_rel(ws.roundtrip_png, ws): {"cache": False}}],
     }
     stages["train_g0"] = {
         "cmd": "dasgen train-g0",

@@ -45,6 +45,11 @@ class Workspace:
         return self.diffusion_dir / "state"
 
     @property
+    def roundtrip_png(self) -> Path:
+        """The DDPM's round trip of real target photos, clean | phi^t for each fidelity level (train-diffusion)."""
+        return self.metrics / "diffusion_roundtrip.png"
+
+    @property
     def g0_dir(self) -> Path:
         return self.data / "g0"
 
