@@ -32,7 +32,7 @@ from dasgen.cli import app
 from dasgen.config import load_config
 from dasgen.stages.scan import run_scan
 from dasgen.stages.workspace import Workspace
-from dasgen.store.atomic import is_temp_name
+from dasgen.io.atomic import is_temp_name
 from dasgen.store.export_base import IN_PROGRESS_FILE
 from dasgen.store.synthetic import build_synthetic_domain, write_synthetic_source
 

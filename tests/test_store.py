@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dasgen.errors import DasgenError
-from dasgen.store import atomic
-from dasgen.store.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from dasgen.io import atomic
+from dasgen.io.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from dasgen.store.domain import (
     DomainWriter,
     ImageRecord,
@@ -25,7 +25,7 @@ from dasgen.store.domain import (
     read_index,
 )
 from dasgen.store.journal import journal_path
-from dasgen.store.png import decode_png, encode_png
+from dasgen.io.png import decode_png, encode_png
 from dasgen.store.schema import INDEX_SCHEMA, SCHEMA_VERSION
 from dasgen.store.synthetic import synthetic_record, translated_image
 

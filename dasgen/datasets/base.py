@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dasgen.errors import DatasetError
-from dasgen.store.paths import id_problem
+from dasgen.io.paths import id_problem
 
 # Pillow refuses to open images above 2 * MAX_IMAGE_PIXELS pixels (DecompressionBombError) and warns above it.
 # The largest real frames we read are Cityscapes' 2048x1024; 2048*4096*4 (33.5 Mpx) leaves room for 4x larger
@@ -298,7 +298,7 @@ def pair_entries(
 def image_files_by_stem(root: Path, rel_dir: str, suffixes: tuple[str, ...], strip: str = ""
                         ) -> tuple[dict[str, str], list[BadPair]]:
     """Like :func:`files_by_stem` for a folder of *images*, where the stem becomes the id: also returns the files that
-    cannot be one image each, as bad pairs -- ids that break the id rule (``store.paths.id_problem``: hidden, too
+    cannot be one image each, as bad pairs -- ids that break the id rule (``io.paths.id_problem``: hidden, too
     long, not UTF-8, ...), and ids shared by several files (``00001.png`` and ``00001.PNG``, or ``a.png`` and
     ``A.png``, which one case-insensitive filesystem cannot hold apart): none of those is used, all are reported.
     """

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from dasgen.datasets.base import BadPair, BadPairError, DatasetReader
 from dasgen.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, TRAIN_ID_NAMES, id_to_train_id
-from dasgen.store.atomic import is_temp_name
+from dasgen.io.atomic import is_temp_name
 
 MAX_BAD_SHOWN = 20  # format_report lists this many bad pairs, then counts the rest
 

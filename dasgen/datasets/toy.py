@@ -43,7 +43,7 @@ from scipy.ndimage import gaussian_filter
 
 from dasgen.errors import DasgenError
 from dasgen.labels import LABEL_BY_ID, color_palette, id_to_color, id_to_train_id
-from dasgen.store.atomic import atomic_write_bytes, atomic_write_json, is_temp_name
+from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, is_temp_name
 
 TOY_FORMAT_VERSION = 1
 CITY = "toytown"
@@ -583,7 +583,7 @@ def _prune(dirs: Iterable[Path], keep: set[Path]) -> None:
         for path in folder.iterdir():
             if not path.is_file() or path.is_symlink() or path in keep:
                 continue
-            # a temporary file of ours is ".<final name>.<hex>.tmp" (store.atomic.temp_name)
+            # a temporary file of ours is ".<final name>.<hex>.tmp" (io.atomic.temp_name)
             final = path.name[1:].rsplit(".", 2)[0] if is_temp_name(path.name) else path.name
             if _OWNED_NAME.match(final):
                 path.unlink()

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dasgen.diffusion.schedule import NoiseSchedule
 from dasgen.diffusion.training_state import restore_training_state, save_training_state
 from dasgen.errors import CheckpointError
-from dasgen.store.atomic import atomic_write_text
+from dasgen.io.atomic import atomic_write_text
 
 LOSS_LOG_HEADER = "step,loss"
 

@@ -24,7 +24,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save
 
 from dasgen.errors import CheckpointError
-from dasgen.store.atomic import atomic_write_bytes, atomic_write_json, sha256_file
+from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, sha256_file
 
 STATE_JSON = "training_state.json"
 FORMAT_VERSION = 1

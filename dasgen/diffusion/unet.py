@@ -18,7 +18,7 @@ import torch
 from diffusers import UNet2DModel
 
 from dasgen.errors import CheckpointError
-from dasgen.store.atomic import fsync_dir, sha256_file
+from dasgen.io.atomic import fsync_dir, sha256_file
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"

@@ -20,7 +20,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from dasgen.errors import CheckpointError, ConfigError
 from dasgen.segment.models import Segmenter, build_segmenter
-from dasgen.store.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
+from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ from dasgen.stages.scan import run_scan
 from dasgen.stages.segmenters import new_segmenter, score_on_target, target_val_store
 from dasgen.stages.toy import run_toy
 from dasgen.stages.workspace import Workspace
-from dasgen.store.atomic import sha256_file
+from dasgen.io.atomic import sha256_file
 from dasgen.store.domain_read import iter_domain_images
 
 

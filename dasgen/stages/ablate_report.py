@@ -18,7 +18,7 @@ from pathlib import Path
 from dasgen.stages.ablate_spec import AblationSpec, Variant, params, seed_config, variant_config
 from dasgen.stages.common import write_json
 from dasgen.stages.workspace import Workspace
-from dasgen.store.atomic import atomic_write_text, sha256_file
+from dasgen.io.atomic import atomic_write_text, sha256_file
 
 RESULT_FILE = "result.json"
 CSV_COLUMNS = ("seed", "variant", "label", "table", "paper_miou", "target_miou", "consistency",

@@ -17,7 +17,7 @@ from typing import Any
 
 from dasgen.config import Config, apply_overrides, config_from_dict, parse_yaml
 from dasgen.errors import ConfigError
-from dasgen.store.atomic import sha256_file
+from dasgen.io.atomic import sha256_file
 
 REFERENCE_ROWS = ("source-only", "oracle")
 DEFAULT_LABELS = {"source-only": "Source only (g_0)", "oracle": "Target-trained oracle"}

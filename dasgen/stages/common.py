@@ -13,7 +13,7 @@ from dasgen.config import Config
 from dasgen.datasets.base import DatasetReader, Entry
 from dasgen.datasets.registry import open_dataset
 from dasgen.errors import DasgenError
-from dasgen.store.atomic import atomic_write_json
+from dasgen.io.atomic import atomic_write_json
 from dasgen.stages.workspace import Workspace
 
 

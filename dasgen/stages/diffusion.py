@@ -23,7 +23,7 @@ from dasgen.stages.chains import base_schedule
 from dasgen.stages.common import resolve_device, target_reader, write_json
 from dasgen.stages.diffusion_fidelity import round_trip
 from dasgen.stages.workspace import Workspace
-from dasgen.store.atomic import atomic_write_bytes
+from dasgen.io.atomic import atomic_write_bytes
 
 
 def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,

@@ -24,7 +24,7 @@ from dasgen.seeding import image_generator
 from dasgen.stages.chains import base_schedule
 from dasgen.stages.common import target_reader
 from dasgen.stages.image_quality import roughness
-from dasgen.store.atomic import atomic_write_bytes
+from dasgen.io.atomic import atomic_write_bytes
 
 IMAGES = 16  # target photos in the round trip (the first by id of the val split, else of the train split)
 SHOWN = 6  # rows of the picture

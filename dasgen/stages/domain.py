@@ -47,7 +47,7 @@ from dasgen.stages.guided import domain_guidance, sampler_options
 from dasgen.stages.image_quality import blow_up_report, target_roughness
 from dasgen.stages.segmenters import score_on_target, target_val_store
 from dasgen.stages.workspace import Workspace
-from dasgen.store.atomic import sha256_file
+from dasgen.io.atomic import sha256_file
 from dasgen.store.domain import DomainWriter, ImageRecord
 from dasgen.store.journal import JOURNAL_DIR
 from dasgen.store.schema import CHECKSUMS_FILE, STAGING_DIR

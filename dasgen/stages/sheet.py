@@ -35,7 +35,7 @@ from dasgen.stages.guided import domain_guidance, sampler_options
 from dasgen.stages.common import load_source_pairs, resolve_device, source_reader
 from dasgen.stages.domain import image_consistency
 from dasgen.stages.workspace import Workspace
-from dasgen.store.atomic import atomic_write_bytes
+from dasgen.io.atomic import atomic_write_bytes
 from dasgen.store.domain import DomainWriter
 from dasgen.store.domain_read import index_image_format, read_index
 

@@ -9,7 +9,7 @@ import json
 from dasgen.config import Config
 from dasgen.stages.common import read_json, write_json
 from dasgen.stages.workspace import Workspace
-from dasgen.store.atomic import atomic_write_text
+from dasgen.io.atomic import atomic_write_text
 
 CURVE_COLUMNS = ("domain", "t", "consistency", "target_miou")
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dasgen.errors import DasgenError
-from dasgen.store.atomic import (
+from dasgen.io.atomic import (
     atomic_open,
     atomic_write_bytes,
     atomic_write_json,
@@ -51,8 +51,8 @@ from dasgen.store.domain_read import (  # noqa: F401  (re-exported: the reading 
     read_provenance,
 )
 from dasgen.store.journal import JOURNAL_DIR, JournalAppender, journal_files, journal_path, read_journals
-from dasgen.store.paths import id_problem, resolve_inside, walk_files
-from dasgen.store.png import check_rgb, decode_png, encode_png
+from dasgen.io.paths import id_problem, resolve_inside, walk_files
+from dasgen.io.png import check_rgb, decode_png, encode_png
 from dasgen.store.schema import (
     CHECKSUMS_FILE,
     is_image_payload,
@@ -101,7 +101,7 @@ class ImageRecord:
 
 
 def check_image_id(image_id: str) -> str:
-    """``image_id`` if it can name a file ``images/<id>.png`` (:func:`~dasgen.store.paths.id_problem`)."""
+    """``image_id`` if it can name a file ``images/<id>.png`` (:func:`~dasgen.io.paths.id_problem`)."""
     problem = id_problem(image_id)
     if problem is not None:
         shown = repr(image_id)[:80] + ("..." if len(repr(image_id)) > 80 else "")

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dasgen.errors import DasgenError
-from dasgen.store.atomic import sha256_bytes
-from dasgen.store.paths import resolve_inside
-from dasgen.store.png import decode_png
+from dasgen.io.atomic import sha256_bytes
+from dasgen.io.paths import resolve_inside
+from dasgen.io.png import decode_png
 from dasgen.store.schema import INDEX_FILE, INDEX_SCHEMA, PROVENANCE_FILE, SCHEMA_VERSION, SHARD_ROW_GROUP
 
 

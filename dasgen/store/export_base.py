@@ -38,10 +38,10 @@ except ImportError:  # Windows: no flock; exports there are not locked
     fcntl = None  # type: ignore[assignment]
 
 from dasgen.errors import DasgenError
-from dasgen.store.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
+from dasgen.io.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
 from dasgen.store.domain_read import iter_domain_pngs
-from dasgen.store.paths import id_problem, is_safe_relpath, relpath_posix, resolve_inside
-from dasgen.store.png import check_label, decode_png, encode_png
+from dasgen.io.paths import id_problem, is_safe_relpath, relpath_posix, resolve_inside
+from dasgen.io.png import check_label, decode_png, encode_png
 
 LabelLoader = Callable[[dict[str, Any]], np.ndarray]
 """``label_loader(index_row) -> uint8 (H, W) Cityscapes label ids`` of the row's source label (any resolution)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dasgen.errors import DasgenError
-from dasgen.store.atomic import dumps_json, sha256_file
+from dasgen.io.atomic import dumps_json, sha256_file
 from dasgen.store.card import CARD_FILE, MANIFEST_FILE, build_manifest, card_markdown, card_yaml
 from dasgen.store.domain_read import index_image_format, read_index, read_provenance
 from dasgen.store.export_cityscapes import CityscapesExporter, city_name

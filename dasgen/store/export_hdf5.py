@@ -24,7 +24,7 @@ import numpy as np
 
 from dasgen.errors import DasgenError
 from dasgen.labels import id_to_train_id
-from dasgen.store.atomic import temp_name
+from dasgen.io.atomic import temp_name
 from dasgen.store.export_base import ExportItem, ExportPlan, FileRecord
 
 FILE_NAME = "dataset.h5"

@@ -15,9 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dasgen.store.atomic import temp_name
+from dasgen.io.atomic import temp_name
 from dasgen.store.export_base import ExportItem, ExportPlan, FileRecord
-from dasgen.store.png import encode_png
+from dasgen.io.png import encode_png
 from dasgen.store.schema import (
     HF_IMAGE,
     IMAGE_STRUCT,

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dasgen.errors import DasgenError
-from dasgen.store.atomic import sha256_bytes, sha256_file
+from dasgen.io.atomic import sha256_bytes, sha256_file
 from dasgen.store.card import MANIFEST_FILE
 from dasgen.store.domain_read import index_image_format, read_index
-from dasgen.store.paths import is_safe_relpath, resolve_inside, walk_files
+from dasgen.io.paths import is_safe_relpath, resolve_inside, walk_files
 from dasgen.store.schema import CHECKSUMS_FILE, INDEX_FILE, is_image_payload
 
 
