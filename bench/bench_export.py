@@ -78,7 +78,7 @@ def run_worker(args: list[str]) -> dict:
 
 def write_domain(directory: Path, ids: list[str], image_format: str) -> float:
     """Write and finalize a domain of 20 pre-drawn images cycled over ``ids``; returns images/s of the writer."""
-    from dasgen.store.domain import DomainWriter
+    from dasgen.artifact.writer import DomainWriter
     from dasgen.store.synthetic import synthetic_record, translated_image
 
     images = [translated_image(i, HEIGHT, WIDTH) for i in ids[:20]]

@@ -88,7 +88,7 @@ def worker(root: Path, cache_bytes: int | None) -> dict:
     from dasgen.config import load_config
     from dasgen.datasets.pairs import PairStore
     from dasgen.stages.workspace import Workspace
-    from dasgen.store.domain import DomainWriter
+    from dasgen.artifact.writer import DomainWriter
 
     torch.set_num_threads(1)
     config = load_config(root / "params.yaml")

@@ -37,7 +37,7 @@ from dasgen.config import load_config
 from dasgen.datasets.io import to_model_tensor
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.stages.workspace import Workspace
-from dasgen.store.domain import iter_domain_images, read_index
+from dasgen.artifact.writer import iter_domain_images, read_index
 
 VARIANTS = {
     "steps-full": {"ptl": {"N": 1, "steps_per_domain": None}},

@@ -97,7 +97,7 @@ def toy_translate(args, device: torch.device) -> dict:
     from dasgen.stages.scan import run_scan
     from dasgen.stages.toy import run_toy
     from dasgen.stages.workspace import Workspace
-    from dasgen.store.domain_read import iter_domain_images
+    from dasgen.artifact.reader import iter_domain_images
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         root = Path(tmp) / "device"

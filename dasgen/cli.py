@@ -211,7 +211,7 @@ def export(
 @handles_errors
 def verify(path: Annotated[Path, typer.Argument(help="An export (manifest.json) or a domain artifact.")]) -> None:
     """Re-hash an export or domain artifact; report missing, extra and altered files. Exit 0 only if all match."""
-    from dasgen.store.verify import verify as verify_path
+    from dasgen.artifact.verify import verify as verify_path
 
     report = verify_path(path)
     if not report.ok:

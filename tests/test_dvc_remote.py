@@ -12,7 +12,7 @@ import pytest
 
 from dasgen.store.export_common import export_domain
 from dasgen.store.synthetic import build_synthetic_domain, label_loader_for, write_synthetic_source
-from dasgen.store.verify import verify
+from dasgen.artifact.verify import verify
 
 pytestmark = pytest.mark.slow
 

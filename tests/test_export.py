@@ -16,7 +16,7 @@ from PIL import Image
 from dasgen.errors import DasgenError
 from dasgen.labels import id_to_color, id_to_train_id
 from dasgen.io.atomic import sha256_file
-from dasgen.store.domain import DomainWriter, iter_domain_images, read_index
+from dasgen.artifact.writer import DomainWriter, iter_domain_images, read_index
 from dasgen.store.export_common import export_domain
 from dasgen.store.export_cityscapes import city_name, sequence_numbers
 from dasgen.store.export_base import resize_label

@@ -18,7 +18,7 @@ from dasgen.stages.sheet import (GAP, ROW_LABEL_WIDTH, TITLE_HEIGHT, cell_size, 
                                  guidance_sheet, overlay, pick_ids, shown_domains)
 from dasgen.stages.summary import run_summary
 from dasgen.stages.workspace import Workspace
-from dasgen.store.domain import DomainWriter
+from dasgen.artifact.writer import DomainWriter
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def test_two_domain_ptl_writes_the_artifact_contract(workspace):
 def test_translate_cli_resumes_to_identical_bytes(workspace, tmp_path, monkeypatch):
     import shutil
 
-    from dasgen.store.domain import DomainWriter
+    from dasgen.artifact.writer import DomainWriter
 
     reference_root = tmp_path / "reference"
     shutil.copytree(workspace, reference_root)

@@ -16,7 +16,7 @@ import pytest
 from dasgen.errors import DasgenError
 from dasgen.io import atomic
 from dasgen.io.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from dasgen.store.domain import (
+from dasgen.artifact.writer import (
     DomainWriter,
     ImageRecord,
     domain_dir_name,
@@ -24,9 +24,10 @@ from dasgen.store.domain import (
     iter_domain_images,
     read_index,
 )
-from dasgen.store.journal import journal_path
+from dasgen.artifact.journal import journal_path
+from dasgen.artifact.reader import DomainReader
 from dasgen.io.png import decode_png, encode_png
-from dasgen.store.schema import INDEX_SCHEMA, SCHEMA_VERSION
+from dasgen.artifact.schema import INDEX_SCHEMA, SCHEMA_VERSION
 from dasgen.store.synthetic import synthetic_record, translated_image
 
 H, W = 24, 40
@@ -282,6 +283,24 @@ def test_read_image_and_consistencies_before_and_after_finalize(tmp_path, fmt):
     after = writer(directory, fmt)
     assert np.array_equal(after.read_image(IDS[2]), translated_image(IDS[2], H, W))
     assert after.consistencies() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_domain_reader_reads_every_image_of_a_finalized_domain(tmp_path, fmt):
+    directory = tmp_path / "d"
+    w = writer(directory, fmt)
+    for image_id in IDS:
+        add(w, image_id)
+    w.close()
+    finalize(w)
+    reader = DomainReader(directory)
+    assert reader.ids() == set(IDS) and reader.image_format == fmt
+    for image_id in IDS:
+        assert np.array_equal(reader.read_image(image_id), translated_image(image_id, H, W))
+    with pytest.raises(DasgenError, match="not in"):
+        reader.read_image("99999")
+    with pytest.raises(DasgenError, match="not found"):
+        DomainReader(tmp_path / "unfinished")
 
 
 # -- errors ------------------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_two_ranks_give_the_one_rank_artifact(workspace, tmp_path, monkeypatch):
     from dasgen.config import load_config
     from dasgen.stages.domain import run_domain
     from dasgen.stages.workspace import Workspace
-    from dasgen.store.domain import DomainWriter
+    from dasgen.artifact.writer import DomainWriter
 
     reference = tmp_path / "reference"
     shutil.copytree(workspace, reference)

@@ -40,7 +40,7 @@ def main() -> None:
     rows = {}
     for name in sys.argv[1:]:
         if (REPO / name / "index.parquet").is_file():  # a domain directory: its images, in id order
-            from dasgen.store.domain_read import iter_domain_images
+            from dasgen.artifact.reader import iter_domain_images
 
             by_id = {row["id"]: image for row, image in iter_domain_images(REPO / name)}
             translated = np.stack([by_id[i] for i in ids]).astype(float)

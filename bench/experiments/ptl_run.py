@@ -30,7 +30,7 @@ from dasgen.stages.common import load_source_pairs, source_reader
 from dasgen.stages.domain import run_domain
 from dasgen.stages.segmenters import target_val_store
 from dasgen.stages.workspace import Workspace
-from dasgen.store.domain_read import iter_domain_images
+from dasgen.artifact.reader import iter_domain_images
 
 REPO = Path(__file__).resolve().parents[2]
 ORACLE = REPO / "data" / "experiments" / "oracle" / "segmenter.safetensors"

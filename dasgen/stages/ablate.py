@@ -60,7 +60,7 @@ from dasgen.stages.segmenters import new_segmenter, score_on_target, target_val_
 from dasgen.stages.toy import run_toy
 from dasgen.stages.workspace import Workspace
 from dasgen.io.atomic import sha256_file
-from dasgen.store.domain_read import iter_domain_images
+from dasgen.artifact.reader import iter_domain_images
 
 
 __all__ = ["AblationSpec", "Variant", "load_spec", "render_markdown", "run_ablation", "seed_config",

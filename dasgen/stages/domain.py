@@ -48,9 +48,9 @@ from dasgen.stages.image_quality import blow_up_report, target_roughness
 from dasgen.stages.segmenters import score_on_target, target_val_store
 from dasgen.stages.workspace import Workspace
 from dasgen.io.atomic import sha256_file
-from dasgen.store.domain import DomainWriter, ImageRecord
-from dasgen.store.journal import JOURNAL_DIR
-from dasgen.store.schema import CHECKSUMS_FILE, STAGING_DIR
+from dasgen.artifact.writer import DomainWriter, ImageRecord
+from dasgen.artifact.journal import JOURNAL_DIR
+from dasgen.artifact.schema import CHECKSUMS_FILE, STAGING_DIR
 
 FINGERPRINT_FILE = ".fingerprint.json"
 

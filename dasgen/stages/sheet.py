@@ -36,8 +36,7 @@ from dasgen.stages.common import load_source_pairs, resolve_device, source_reade
 from dasgen.stages.domain import image_consistency
 from dasgen.stages.workspace import Workspace
 from dasgen.io.atomic import atomic_write_bytes
-from dasgen.store.domain import DomainWriter
-from dasgen.store.domain_read import index_image_format, read_index
+from dasgen.artifact.reader import DomainReader
 
 CELL_WIDTH = 192  # px per image cell: a 64-px-wide toy image at 3x
 GAP = 4  # px between cells
@@ -140,10 +139,10 @@ def pick_ids(id_sets: list[set[str]], count: int) -> list[str]:
     return sorted(everywhere, key=lambda i: (-everywhere[i], i))[:count]
 
 
-def _domain_reader(directory: Path) -> tuple[DomainWriter, set[str]]:
-    """Random access to a finished domain's images (DomainWriter.read_image reads PNGs or Parquet shards)."""
-    table = read_index(directory)
-    return DomainWriter(directory, image_format=index_image_format(table)), set(table.column("id").to_pylist())
+def _domain_reader(directory: Path) -> tuple[DomainReader, set[str]]:
+    """Random access to a finished domain's images (PNGs or Parquet shards), and the set of its ids."""
+    reader = DomainReader(directory)
+    return reader, reader.ids()
 
 
 def _source_store(config: Config, ws: Workspace) -> PairStore:

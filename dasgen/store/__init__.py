@@ -1,9 +1,9 @@
-"""Domain artifacts (write, read, verify) and their exports; the artifact contract is in :mod:`dasgen.store.schema`.
+"""Domain artifacts (write, read, verify) and their exports; the artifact contract is in :mod:`dasgen.artifact.schema`.
 
 - :mod:`~dasgen.io.atomic`: atomic writes and sha256
-- :mod:`~dasgen.store.domain`: ``DomainWriter`` (resumable, multi-rank), ``read_index``, ``iter_domain_images``
+- :mod:`~dasgen.artifact.writer`: ``DomainWriter`` (resumable, multi-rank), ``read_index``, ``iter_domain_images``
 - :mod:`~dasgen.store.export_common`: ``export_domain`` to Cityscapes layout, Parquet (Hugging Face) or HDF5
-- :mod:`~dasgen.store.verify`: ``verify.verify`` an export or a domain against its manifest or index
+- :mod:`~dasgen.artifact.verify`: ``verify.verify`` an export or a domain against its manifest or index
 
 Names are imported lazily, so ``import dasgen.io.atomic`` (used by checkpoints) does not load h5py or pyarrow.
 """
@@ -16,11 +16,11 @@ from typing import Any
 _EXPORTS = {
     "dasgen.io.atomic": ("atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "sha256_bytes",
                "sha256_file"),
-    "dasgen.store.domain": ("DomainWriter", "ImageRecord", "domain_dir_name", "domain_files", "iter_domain_images",
+    "dasgen.artifact.writer": ("DomainWriter", "ImageRecord", "domain_dir_name", "domain_files", "iter_domain_images",
                "iter_domain_pngs", "read_index"),
     "dasgen.store.export_common": ("FORMATS", "export_domain"),
-    "dasgen.store.schema": ("SCHEMA_VERSION",),
-    "dasgen.store.verify": ("VerifyReport",),  # the function: dasgen.store.verify.verify (the submodule owns the name)
+    "dasgen.artifact.schema": ("SCHEMA_VERSION",),
+    "dasgen.artifact.verify": ("VerifyReport",),  # the function: dasgen.artifact.verify.verify (the submodule owns the name)
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

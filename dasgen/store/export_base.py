@@ -39,7 +39,7 @@ except ImportError:  # Windows: no flock; exports there are not locked
 
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
-from dasgen.store.domain_read import iter_domain_pngs
+from dasgen.artifact.reader import iter_domain_pngs
 from dasgen.io.paths import id_problem, is_safe_relpath, relpath_posix, resolve_inside
 from dasgen.io.png import check_label, decode_png, encode_png
 

@@ -16,7 +16,7 @@ from typing import Any
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import dumps_json, sha256_file
 from dasgen.store.card import CARD_FILE, MANIFEST_FILE, build_manifest, card_markdown, card_yaml
-from dasgen.store.domain_read import index_image_format, read_index, read_provenance
+from dasgen.artifact.reader import index_image_format, read_index, read_provenance
 from dasgen.store.export_cityscapes import CityscapesExporter, city_name
 from dasgen.store.export_base import (
     SIZES,
@@ -33,7 +33,7 @@ from dasgen.store.export_base import (
 )
 from dasgen.store.export_hdf5 import Hdf5Exporter
 from dasgen.store.export_parquet import ParquetExporter
-from dasgen.store.schema import INDEX_FILE
+from dasgen.artifact.schema import INDEX_FILE
 
 EXPORTERS = {"cityscapes": CityscapesExporter, "parquet": ParquetExporter, "hdf5": Hdf5Exporter}
 FORMATS = tuple(EXPORTERS)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from dasgen.io.atomic import temp_name
 from dasgen.store.export_base import ExportItem, ExportPlan, FileRecord
 from dasgen.io.png import encode_png
-from dasgen.store.schema import (
+from dasgen.artifact.schema import (
     HF_IMAGE,
     IMAGE_STRUCT,
     SHARD_ROW_GROUP,

@@ -15,7 +15,7 @@ from PIL import Image
 
 from dasgen.labels import id_to_color
 from dasgen.io.atomic import atomic_write_bytes
-from dasgen.store.domain import DomainWriter, ImageRecord
+from dasgen.artifact.writer import DomainWriter, ImageRecord
 from dasgen.io.png import encode_png
 
 SKY, BUILDING, ROAD, SIDEWALK, VEGETATION, CAR, POLE, SIGN, UNLABELED = 23, 11, 7, 8, 21, 26, 17, 20, 0

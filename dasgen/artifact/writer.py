@@ -1,10 +1,10 @@
-"""Write one domain artifact ``data/domains/<nnn>/`` (layout and index schema: :mod:`dasgen.store.schema`); the
-reading half (``read_index``, ``iter_domain_images``, ``domain_files``...) lives in :mod:`dasgen.store.domain_read`
+"""Write one domain artifact ``data/domains/<nnn>/`` (layout and index schema: :mod:`dasgen.artifact.schema`); the
+reading half (``read_index``, ``iter_domain_images``, ``domain_files``...) lives in :mod:`dasgen.artifact.reader`
 and is re-exported here.
 
 Writing is resumable and shardable across ranks. Each rank's :class:`DomainWriter` makes each image durable first
 (an atomic PNG file, or a flushed staging shard in parquet mode) and only then appends its record to the rank's
-journal (:mod:`dasgen.store.journal`), so the journals always list exactly the images that are safely on disk; a
+journal (:mod:`dasgen.artifact.journal`), so the journals always list exactly the images that are safely on disk; a
 resumed run skips :meth:`DomainWriter.done_ids`. ``finalize`` (rank 0, after every rank finished) merges all journals
 sorted by id into ``index.parquet`` -- and in parquet mode rebuilds the image shards in id order -- so the bytes of
 the artifact depend only on the records and images, never on the number of ranks or on the resume history.
@@ -41,7 +41,7 @@ from dasgen.io.atomic import (
     sha256_bytes,
     sha256_file,
 )
-from dasgen.store.domain_read import (  # noqa: F401  (re-exported: the reading half of the domain API)
+from dasgen.artifact.reader import (  # noqa: F401  (re-exported: the reading half of the domain API)
     domain_files,
     index_image_format,
     index_shards,
@@ -49,11 +49,12 @@ from dasgen.store.domain_read import (  # noqa: F401  (re-exported: the reading 
     iter_domain_pngs,
     read_index,
     read_provenance,
+    read_row_image,
 )
-from dasgen.store.journal import JOURNAL_DIR, JournalAppender, journal_files, journal_path, read_journals
+from dasgen.artifact.journal import JOURNAL_DIR, JournalAppender, journal_files, journal_path, read_journals
 from dasgen.io.paths import id_problem, resolve_inside, walk_files
 from dasgen.io.png import check_rgb, decode_png, encode_png
-from dasgen.store.schema import (
+from dasgen.artifact.schema import (
     CHECKSUMS_FILE,
     is_image_payload,
     DOMAIN_SHARD_SCHEMA,
@@ -223,13 +224,7 @@ class DomainWriter:
             if self._reader is None:
                 self._reader = _StagingReader(self.directory / STAGING_DIR)
             return decode_png(self._reader.png(entry), mode="RGB", what=what)
-        path = resolve_inside(self.directory, entry["image"])
-        if path.suffix == ".png":
-            return decode_png(path.read_bytes(), mode="RGB", what=what)
-        shard = pq.read_table(path, columns=["id", "image"], filters=[("id", "==", image_id)])
-        if shard.num_rows != 1:
-            raise DasgenError(f"shard {path} lacks image {image_id}")
-        return decode_png(shard.column("image")[0].as_py()["bytes"], mode="RGB", what=what)
+        return read_row_image(self.directory, entry)
 
     def _journal_entries(self) -> list[dict[str, Any]]:
         entries = read_journals(self.directory)

@@ -5,7 +5,7 @@ may exist. A domain is checked through its index and its ``checksums.json``: eve
 sha256 the index metadata records) must match, parquet-mode shards must hold every indexed image with its PNG sha256,
 every other file (index, metrics, provenance, segmenter) must match ``checksums.json``, and no file either leaves
 out may exist. A path in an index or manifest that is absolute or climbs out with
-``..`` is reported as invalid and never opened. ``python -m dasgen.store.verify PATH`` exits 0 only when ok.
+``..`` is reported as invalid and never opened. ``python -m dasgen.artifact.verify PATH`` exits 0 only when ok.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import sha256_bytes, sha256_file
 from dasgen.store.card import MANIFEST_FILE
-from dasgen.store.domain_read import index_image_format, read_index
+from dasgen.artifact.reader import index_image_format, read_index
 from dasgen.io.paths import is_safe_relpath, resolve_inside, walk_files
-from dasgen.store.schema import CHECKSUMS_FILE, INDEX_FILE, is_image_payload
+from dasgen.artifact.schema import CHECKSUMS_FILE, INDEX_FILE, is_image_payload
 
 
 @dataclass
@@ -162,10 +162,10 @@ def _check_shard_contents(report: VerifyReport, root: Path, rows: list[dict]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dasgen.store.verify PATH...``: print each report; exit status 0 only when all are ok."""
+    """``python -m dasgen.artifact.verify PATH...``: print each report; exit status 0 only when all are ok."""
     paths = sys.argv[1:] if argv is None else argv
     if not paths:
-        print("usage: python -m dasgen.store.verify PATH [PATH...]", file=sys.stderr)
+        print("usage: python -m dasgen.artifact.verify PATH [PATH...]", file=sys.stderr)
         return 2
     status = 0
     for path in paths:

@@ -19,7 +19,7 @@ from dasgen.errors import DasgenError
 from dasgen.io.atomic import sha256_bytes
 from dasgen.io.paths import resolve_inside
 from dasgen.io.png import decode_png
-from dasgen.store.schema import INDEX_FILE, INDEX_SCHEMA, PROVENANCE_FILE, SCHEMA_VERSION, SHARD_ROW_GROUP
+from dasgen.artifact.schema import INDEX_FILE, INDEX_SCHEMA, PROVENANCE_FILE, SCHEMA_VERSION, SHARD_ROW_GROUP
 
 
 def read_index(directory: str | Path) -> pa.Table:
@@ -110,8 +110,45 @@ def iter_domain_images(directory: str | Path, *, check: bool = True) -> Iterator
         yield row, decode_png(data, mode="RGB", what=f"image {row['id']} of {directory}")
 
 
+def read_row_image(directory: str | Path, row: dict[str, Any]) -> np.ndarray:
+    """uint8 (H, W, 3) pixels of the image an index row (or a journal entry) names: its PNG file, or its row of a
+    parquet shard (no sha256 check: :func:`iter_domain_images` is the checked stream)."""
+    what = f"image {row['id']} of {directory}"
+    path = resolve_inside(directory, row["image"])
+    if path.suffix == ".png":
+        return decode_png(path.read_bytes(), mode="RGB", what=what)
+    shard = pq.read_table(path, columns=["id", "image"], filters=[("id", "==", row["id"])])
+    if shard.num_rows != 1:
+        raise DasgenError(f"shard {path} lacks image {row['id']}")
+    return decode_png(shard.column("image")[0].as_py()["bytes"], mode="RGB", what=what)
+
+
+class DomainReader:
+    """Random access by id to the images of a finalized domain (png or parquet mode), e.g. for a contact sheet.
+
+    The index is read (and its schema checked) once; each :meth:`read_image` opens one PNG or one shard row.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.table = read_index(self.directory)
+        self.image_format = index_image_format(self.table)
+        self._rows = {row["id"]: row for row in self.table.to_pylist()}
+
+    def ids(self) -> set[str]:
+        """The ids of every image in the domain."""
+        return set(self._rows)
+
+    def read_image(self, image_id: str) -> np.ndarray:
+        """uint8 (H, W, 3) pixels of image ``image_id``."""
+        row = self._rows.get(image_id)
+        if row is None:
+            raise DasgenError(f"image {image_id!r} is not in {self.directory}")
+        return read_row_image(self.directory, row)
+
+
 def domain_files(directory: str | Path) -> dict[str, str]:
-    """Relative path -> sha256 of every image file the index references (what :func:`dasgen.store.verify` checks):
+    """Relative path -> sha256 of every image file the index references (what :func:`dasgen.artifact.verify` checks):
     the PNGs in png mode, the shard files (sha256 from the index metadata) in parquet mode."""
     table = read_index(directory)
     if index_image_format(table) == "png":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dasgen.errors import DasgenError
-from dasgen.store.schema import JOURNAL_DIR  # noqa: F401 (re-exported: callers import it from here)
+from dasgen.artifact.schema import JOURNAL_DIR  # noqa: F401 (re-exported: callers import it from here)
 
 _RANK_FILE = re.compile(r"^rank-(\d+)\.jsonl$")
 
