@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.synthetic: the tests' data
+
 HEIGHT, WIDTH = 256, 512
 FORMATS = ("cityscapes", "parquet", "hdf5")
 
@@ -43,8 +45,8 @@ def peak_rss_mib() -> float:
 
 
 def worker_export(domain: Path, source: Path, out: Path, fmt: str) -> dict:
-    from dasgen.store.export_common import export_domain
-    from dasgen.store.synthetic import label_loader_for
+    from dasgen.export.run import export_domain
+    from helpers.synthetic import label_loader_for
 
     start = time.perf_counter()
     summary = export_domain(domain, out, fmt=fmt, label_loader=label_loader_for(source), progress=False)
@@ -59,7 +61,7 @@ def worker_baseline(ids: list[str]) -> dict:
 
     from PIL import Image
 
-    from dasgen.store.synthetic import synthetic_scene, translated_image
+    from helpers.synthetic import synthetic_scene, translated_image
 
     scenes = {i: (translated_image(i, HEIGHT, WIDTH), synthetic_scene(int(i), HEIGHT, WIDTH)[1]) for i in ids[:20]}
     start = time.perf_counter()
@@ -79,7 +81,7 @@ def run_worker(args: list[str]) -> dict:
 def write_domain(directory: Path, ids: list[str], image_format: str) -> float:
     """Write and finalize a domain of 20 pre-drawn images cycled over ``ids``; returns images/s of the writer."""
     from dasgen.artifact.writer import DomainWriter
-    from dasgen.store.synthetic import synthetic_record, translated_image
+    from helpers.synthetic import synthetic_record, translated_image
 
     images = [translated_image(i, HEIGHT, WIDTH) for i in ids[:20]]
     start = time.perf_counter()
@@ -91,7 +93,7 @@ def write_domain(directory: Path, ids: list[str], image_format: str) -> float:
 
 
 def bench_size(n: int, scratch: Path) -> dict:
-    from dasgen.store.synthetic import write_synthetic_source
+    from helpers.synthetic import write_synthetic_source
 
     ids = [f"{i:05d}" for i in range(1, n + 1)]
     root = scratch / f"n{n}"

@@ -25,7 +25,7 @@ from dasgen.labels import id_to_train_id, synthia_to_id
 from dasgen.segment.checkpoint import save_segmenter, sidecar_path
 from dasgen.segment.models import build_segmenter
 from dasgen.stages.workspace import Workspace
-from fake_trees import (make_gta5_tree, make_synthia_tree, scene_image, scene_label, truncate, write_label, write_png16,
+from helpers.fake_trees import (make_gta5_tree, make_synthia_tree, scene_image, scene_label, truncate, write_label, write_png16,
                         write_rgb)
 from test_crash_safety import export_workspace, tree_bytes
 
@@ -425,7 +425,7 @@ def test_export_domain_zero_is_an_error_not_the_last_domain(tmp_path, monkeypatc
 def test_a_second_export_into_a_directory_being_written_fails_and_the_first_finishes(tmp_path, monkeypatch):
     """Two exports at once into one directory: the second meets the first's lock and stops with one line, touching
     nothing; the first completes and verifies."""
-    import dasgen.store.export_base as export_base
+    import dasgen.export.parts as export_base
 
     root = export_workspace(tmp_path / "ws", 6, monkeypatch)
     out = tmp_path / "shared"

@@ -33,8 +33,8 @@ from dasgen.config import load_config
 from dasgen.stages.scan import run_scan
 from dasgen.stages.workspace import Workspace
 from dasgen.io.atomic import is_temp_name
-from dasgen.store.export_base import IN_PROGRESS_FILE
-from dasgen.store.synthetic import build_synthetic_domain, write_synthetic_source
+from dasgen.export.parts import IN_PROGRESS_FILE
+from helpers.synthetic import build_synthetic_domain, write_synthetic_source
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # deterministic and light subprocesses
 # Domain 1 of the tiny workspace, enlarged to ~200 U-Net passes (seconds): all 12 source images one per batch, so
@@ -283,7 +283,7 @@ def small_export_workspace(tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["cityscapes", "parquet", "hdf5"])
 def test_interrupted_export_is_redone_by_the_same_command(small_export_workspace, tmp_path, monkeypatch, fmt):
-    from dasgen.store.export_common import EXPORTERS
+    from dasgen.export.run import EXPORTERS
 
     root = small_export_workspace
     runner = CliRunner()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_trees import (
+from helpers.fake_trees import (
     make_cityscapes_tree,
     make_folder_tree,
     make_gta5_tree,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dasgen.store.export_common import export_domain
-from dasgen.store.synthetic import build_synthetic_domain, label_loader_for, write_synthetic_source
+from dasgen.export.run import export_domain
+from helpers.synthetic import build_synthetic_domain, label_loader_for, write_synthetic_source
 from dasgen.artifact.verify import verify
 
 pytestmark = pytest.mark.slow

@@ -17,10 +17,10 @@ from dasgen.errors import DasgenError
 from dasgen.labels import id_to_color, id_to_train_id
 from dasgen.io.atomic import sha256_file
 from dasgen.artifact.writer import DomainWriter, iter_domain_images, read_index
-from dasgen.store.export_common import export_domain
-from dasgen.store.export_cityscapes import city_name, sequence_numbers
-from dasgen.store.export_base import resize_label
-from dasgen.store.synthetic import (
+from dasgen.export.run import export_domain
+from dasgen.export.cityscapes import city_name, sequence_numbers
+from dasgen.export.parts import resize_label
+from helpers.synthetic import (
     build_synthetic_domain,
     label_loader_for,
     synthetic_record,

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from fake_trees import make_cityscapes_tree, make_folder_tree, make_gta5_tree, make_synthia_tree
+from helpers.fake_trees import make_cityscapes_tree, make_folder_tree, make_gta5_tree, make_synthia_tree
 
 from dasgen.datasets.inspect import MAX_BAD_SHOWN, format_report, inspect_dataset
 from dasgen.datasets.registry import open_dataset

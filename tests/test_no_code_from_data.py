@@ -27,7 +27,7 @@ from dasgen.datasets.base import MAX_IMAGE_PIXELS
 from dasgen.segment.checkpoint import sidecar_path
 from dasgen.stages.workspace import Workspace
 from dasgen.io.atomic import sha256_file
-from fake_trees import write_bomb_png
+from helpers.fake_trees import write_bomb_png
 from test_bad_inputs import error_line, gta5_workspace, invoke
 from test_crash_safety import export_workspace
 

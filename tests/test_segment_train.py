@@ -11,7 +11,7 @@ import torch
 from dasgen.diffusion.schedule import NoiseSchedule
 from dasgen.errors import ConfigError, DasgenError, DatasetError
 from dasgen.labels import IGNORE_INDEX, TRAIN_ID_TO_COLOR
-from dasgen.segment.data import LabelledArrays, batch_sampler, sequential_batches
+from helpers.segment_data import LabelledArrays, batch_sampler, sequential_batches
 from dasgen.segment.metrics import evaluate
 from dasgen.segment.models import build_segmenter
 from dasgen.segment.train import cross_entropy, finetune, noisy_masked_augment, train_source

@@ -28,7 +28,7 @@ from dasgen.artifact.journal import journal_path
 from dasgen.artifact.reader import DomainReader
 from dasgen.io.png import decode_png, encode_png
 from dasgen.artifact.schema import INDEX_SCHEMA, SCHEMA_VERSION
-from dasgen.store.synthetic import synthetic_record, translated_image
+from helpers.synthetic import synthetic_record, translated_image
 
 H, W = 24, 40
 IDS = [f"{i:05d}" for i in range(1, 12)]  # 11 images: odd counts exercise partial shards and flush buffers

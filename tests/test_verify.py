@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dasgen.errors import DasgenError
-from dasgen.store.export_common import export_domain
-from dasgen.store.synthetic import build_synthetic_domain, label_loader_for, write_synthetic_source
+from dasgen.export.run import export_domain
+from helpers.synthetic import build_synthetic_domain, label_loader_for, write_synthetic_source
 from dasgen.artifact.verify import main, verify
 
 IDS = [f"{i:05d}" for i in range(1, 7)]

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import sha256_bytes, sha256_file
-from dasgen.store.card import MANIFEST_FILE
+from dasgen.export.card import MANIFEST_FILE
 from dasgen.artifact.reader import index_image_format, read_index
 from dasgen.io.paths import is_safe_relpath, resolve_inside, walk_files
 from dasgen.artifact.schema import CHECKSUMS_FILE, INDEX_FILE, is_image_payload

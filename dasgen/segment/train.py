@@ -6,8 +6,8 @@ samples are noised by Eq. 2 and masked by one class region. The paper trains g w
 batch 2, Sec. 5.1); "adam" (AdamW) is offered because the toy runs only a few hundred iterations from scratch, where
 SGD at the paper's rate barely moves a randomly initialised net (the paper's g starts from ImageNet weights).
 
-Batches come from a ``sample(generator) -> (x, y)`` callable (:func:`dasgen.segment.data.batch_sampler` or
-``PairStore.sampler``), so the loop is the same for the toy and for real datasets.
+Batches come from a ``sample(generator) -> (x, y)`` callable (``PairStore.sampler``, or in the tests
+``helpers.segment_data.batch_sampler``), so the loop is the same for the toy and for real datasets.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from dasgen.datasets.pairs import resize_label
 from dasgen.errors import DasgenError
 from dasgen.stages.common import load_source_pairs, source_reader
 from dasgen.stages.workspace import Workspace
-from dasgen.store.export_common import export_domain
+from dasgen.export.run import export_domain
 
 
 def source_label_loader(config: Config, ws: Workspace, size: str):

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dasgen.io.atomic import temp_name
-from dasgen.store.export_base import ExportItem, ExportPlan, FileRecord
+from dasgen.export.parts import ExportItem, ExportPlan, FileRecord
 from dasgen.io.png import encode_png
 from dasgen.artifact.schema import (
     HF_IMAGE,

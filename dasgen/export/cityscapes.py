@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from dasgen.labels import id_to_color, id_to_train_id
-from dasgen.store.export_base import ExportItem, ExportPlan, FileRecord
+from dasgen.export.parts import ExportItem, ExportPlan, FileRecord
 from dasgen.io.png import encode_png
 
 FRAME = 19  # Cityscapes annotates frame 19 of each 30-frame snippet

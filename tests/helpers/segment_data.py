@@ -1,4 +1,4 @@
-"""In-memory labelled images and a seeded batch sampler -- toy scale only.
+"""In-memory labelled images and a seeded batch sampler for the tests -- toy scale only.
 
 Holds the whole set as two uint8 arrays, fine for the procedural toy domains and for tests (a thousand 32x64 pairs
 are 8 MB). Real datasets (GTA5: 25k images of 1914x1052) go through :class:`dasgen.datasets.pairs.PairStore`, whose

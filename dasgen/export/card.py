@@ -24,7 +24,7 @@ import yaml
 
 import dasgen
 from dasgen.labels import CITYSCAPES_LABELS, IGNORE_INDEX
-from dasgen.store.export_base import CARD_FILE, MANIFEST_FILE, ExportPlan  # noqa: F401 (CARD_FILE, MANIFEST_FILE: API)
+from dasgen.export.parts import CARD_FILE, MANIFEST_FILE, ExportPlan  # noqa: F401 (CARD_FILE, MANIFEST_FILE: API)
 MANIFEST_VERSION = 1
 
 

@@ -3,7 +3,7 @@
 Each builder writes a handful of tiny pairs (good ones, plus, with ``flaws=True``, one pair per kind of flaw real
 copies have) and returns a ``FakeTree`` saying what a reader should find: the good ids with their exact arrays, and
 for each bad id a fragment its reason must contain. Other tests can reuse these trees (``flaws=False`` for a clean
-one). Import as ``from fake_trees import make_gta5_tree`` (pytest puts ``tests/`` on ``sys.path``).
+one). Import as ``from helpers.fake_trees import make_gta5_tree`` (pytest puts ``tests/`` on ``sys.path``).
 """
 
 from __future__ import annotations

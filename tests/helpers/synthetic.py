@@ -1,4 +1,5 @@
-"""Small synthetic source datasets and domains for the store's tests and benchmarks (no models, no downloads).
+"""Small synthetic source datasets and domains for the artifact and export tests and the benchmarks
+(no models, no downloads).
 
 Scenes look like the toy domains: sky, buildings, road and sidewalk bands with small cars, poles and signs, coloured
 by their Cityscapes colour plus texture noise, so PNGs compress like real renders rather than flat colours.

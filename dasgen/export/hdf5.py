@@ -25,7 +25,7 @@ import numpy as np
 from dasgen.errors import DasgenError
 from dasgen.labels import id_to_train_id
 from dasgen.io.atomic import temp_name
-from dasgen.store.export_base import ExportItem, ExportPlan, FileRecord
+from dasgen.export.parts import ExportItem, ExportPlan, FileRecord
 
 FILE_NAME = "dataset.h5"
 LAYOUT_VERSION = 1

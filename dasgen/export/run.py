@@ -1,7 +1,7 @@
 """The export entry point shared by every format: ``export_domain`` writes a finished domain X^n as a standalone
-dataset (Cityscapes layout, Parquet or HDF5). The formats' shared building blocks are in :mod:`.export_base`.
+dataset (Cityscapes layout, Parquet or HDF5). The formats' shared building blocks are in :mod:`.parts`.
 
-The store never reads source datasets itself: the caller passes ``label_loader(row) -> uint8 label ids`` (and
+An export never reads source datasets itself: the caller passes ``label_loader(row) -> uint8 label ids`` (and
 optionally ``source_size_loader``), so the exporters work with any dataset reader. Every export streams one image
 at a time, applies the ``min_consistency`` quality gate, writes a dataset card and, last, ``manifest.json``.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import dumps_json, sha256_file
-from dasgen.store.card import CARD_FILE, MANIFEST_FILE, build_manifest, card_markdown, card_yaml
+from dasgen.export.card import CARD_FILE, MANIFEST_FILE, build_manifest, card_markdown, card_yaml
 from dasgen.artifact.reader import index_image_format, read_index, read_provenance
-from dasgen.store.export_cityscapes import CityscapesExporter, city_name
-from dasgen.store.export_base import (
+from dasgen.export.cityscapes import CityscapesExporter, city_name
+from dasgen.export.parts import (
     SIZES,
     FileRecord,
     LabelLoader,
@@ -31,8 +31,8 @@ from dasgen.store.export_base import (
     prepare_out_dir,
     progress_bar,
 )
-from dasgen.store.export_hdf5 import Hdf5Exporter
-from dasgen.store.export_parquet import ParquetExporter
+from dasgen.export.hdf5 import Hdf5Exporter
+from dasgen.export.parquet import ParquetExporter
 from dasgen.artifact.schema import INDEX_FILE
 
 EXPORTERS = {"cityscapes": CityscapesExporter, "parquet": ParquetExporter, "hdf5": Hdf5Exporter}

@@ -1,0 +1,9 @@
+"""Exports of a finished domain as a standalone dataset: :func:`~dasgen.export.run.export_domain` (the entry point,
+:data:`~dasgen.export.run.FORMATS`), the shared building blocks (:mod:`~dasgen.export.parts`), one module per format
+(:mod:`~dasgen.export.cityscapes`, :mod:`~dasgen.export.parquet`, :mod:`~dasgen.export.hdf5`) and the dataset card
+and manifest (:mod:`~dasgen.export.card`).
+"""
+
+from dasgen.export.run import FORMATS, export_domain
+
+__all__ = ["FORMATS", "export_domain"]
