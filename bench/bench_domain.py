@@ -205,7 +205,7 @@ def bench_workspace(workspace: Path, domain: int) -> dict:
     from rich.console import Console
 
     from dasgen.stages.domain import run_domain
-    from dasgen.stages.workspace import Workspace
+    from dasgen.pipeline.workspace import Workspace
 
     with tempfile.TemporaryDirectory(prefix="dasgen-bench-domain-") as tmp:
         root = Path(tmp) / "ws"

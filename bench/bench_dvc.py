@@ -1,7 +1,7 @@
 """DVC bookkeeping time of a generated 600-domain pipeline: ``dvc status`` and ``dvc repro --dry``.
 
 Not a test. For each ``ptl.domains_per_stage`` (20, as in params-paper.yaml: 30 domain stages; and 1: 600 stages)
-the script generates ``dvc.yaml`` from the paper params with :func:`dasgen.stages.pipeline.build_pipeline`, in a
+the script generates ``dvc.yaml`` from the paper params with :func:`dasgen.pipeline.dvc_yaml.build_pipeline`, in a
 fresh temporary git + DVC repository whose every dependency and output exists as a small dummy file (each domain
 directory holds five files; the real ones hold Parquet shards, so this measures DVC's per-stage bookkeeping, not
 hashing image bytes). ``dvc commit --force`` writes ``dvc.lock`` (timed too), then, ``--repeats`` times each:
@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from dasgen.config import load_config
-from dasgen.stages.pipeline import build_pipeline, render_pipeline
+from dasgen.pipeline.dvc_yaml import build_pipeline, render_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -65,7 +65,7 @@ def prepare(root: Path, images: int) -> None:
     from dasgen.stages.g0 import run_train_g0
     from dasgen.stages.scan import run_scan
     from dasgen.stages.toy import run_toy
-    from dasgen.stages.workspace import Workspace
+    from dasgen.pipeline.workspace import Workspace
     from rich.console import Console
 
     params = json.loads(json.dumps(PARAMS))
@@ -87,7 +87,7 @@ def worker(root: Path, cache_bytes: int | None) -> dict:
     import dasgen.stages.domain as domain_stage
     from dasgen.config import load_config
     from dasgen.datasets.pairs import PairStore
-    from dasgen.stages.workspace import Workspace
+    from dasgen.pipeline.workspace import Workspace
     from dasgen.artifact.writer import DomainWriter
 
     torch.set_num_threads(1)

@@ -36,7 +36,7 @@ from rich.console import Console
 from dasgen.config import load_config
 from dasgen.datasets.io import to_model_tensor
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 from dasgen.artifact.writer import iter_domain_images, read_index
 
 VARIANTS = {
@@ -82,7 +82,7 @@ def score_with(segmenter, images: dict[str, np.ndarray], store) -> float:
 def run_variant(name: str, workspace: Path, args) -> tuple[dict, dict[str, np.ndarray]]:
     from dasgen.datasets.pairs import PairStore
     from dasgen.stages import domain as domain_stage
-    from dasgen.stages.common import load_source_pairs, source_reader
+    from dasgen.pipeline.common import load_source_pairs, source_reader
 
     overrides = VARIANTS[name]
     with tempfile.TemporaryDirectory(prefix=f"dasgen-tradeoff-{name}-") as tmp:

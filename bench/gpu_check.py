@@ -96,7 +96,7 @@ def toy_translate(args, device: torch.device) -> dict:
     from dasgen.stages.g0 import run_train_g0
     from dasgen.stages.scan import run_scan
     from dasgen.stages.toy import run_toy
-    from dasgen.stages.workspace import Workspace
+    from dasgen.pipeline.workspace import Workspace
     from dasgen.artifact.reader import iter_domain_images
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:

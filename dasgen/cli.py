@@ -42,7 +42,7 @@ class State:
 
     @classmethod
     def ws(cls):
-        from dasgen.stages.workspace import Workspace
+        from dasgen.pipeline.workspace import Workspace
 
         return Workspace(cls.workspace)
 
@@ -157,9 +157,9 @@ def translate(
     Resumable: run it again after an interruption. Under `torchrun --nproc_per_node K -m dasgen translate ...`
     the images are sharded across ranks and the artifact is the same as with one process.
     """
-    from dasgen.stages.distributed import init_distributed, shutdown_distributed
+    from dasgen.pipeline.distributed import init_distributed, shutdown_distributed
     from dasgen.stages.domain import run_domain
-    from dasgen.stages.pipeline import parse_domain_range
+    from dasgen.pipeline.common import parse_domain_range
 
     config = State.config()
     if (domain is None) == (domains is None):
@@ -279,7 +279,7 @@ def pipeline(
     path: Annotated[Path, typer.Option("--path", help="The dvc.yaml to write or check.")] = Path("dvc.yaml"),
 ) -> None:
     """Generate (or check) dvc.yaml: one stage per group of PTL domains, chained g_{n-1} -> g_n."""
-    from dasgen.stages.pipeline import check_pipeline, render_pipeline, write_pipeline
+    from dasgen.pipeline.dvc_yaml import check_pipeline, render_pipeline, write_pipeline
 
     config = State.config()
     if write:

@@ -51,7 +51,7 @@ def tiny_workspace(tmp_path_factory) -> Path:
     from dasgen.stages.g0 import run_train_g0
     from dasgen.stages.scan import run_scan
     from dasgen.stages.toy import run_toy
-    from dasgen.stages.workspace import Workspace
+    from dasgen.pipeline.workspace import Workspace
 
     root = tmp_path_factory.mktemp("tiny-workspace")
     config = load_config(write_tiny_params(root))

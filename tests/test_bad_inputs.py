@@ -24,7 +24,7 @@ from dasgen.cli import app
 from dasgen.labels import id_to_train_id, synthia_to_id
 from dasgen.segment.checkpoint import save_segmenter, sidecar_path
 from dasgen.segment.models import build_segmenter
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 from helpers.fake_trees import (make_gta5_tree, make_synthia_tree, scene_image, scene_label, truncate, write_label, write_png16,
                         write_rgb)
 from test_crash_safety import export_workspace, tree_bytes

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from dasgen.config import Config, load_config
-from dasgen.stages.code_deps import STAGE_ENTRIES, import_closure, imported_modules, stage_code_deps
-from dasgen.stages.pipeline import build_pipeline, render_pipeline
+from dasgen.pipeline.code_deps import STAGE_ENTRIES, import_closure, imported_modules, stage_code_deps
+from dasgen.pipeline.dvc_yaml import build_pipeline, render_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_domain_stages_depend_on_the_reverse_step_maths_and_everything_they_impo
         deps = set(stages[name]["deps"])
         for needed in ("dasgen/diffusion/schedule.py", "dasgen/diffusion/unet.py", "dasgen/seeding.py",
                        "dasgen/datasets/io.py", "dasgen/datasets/pairs.py", "dasgen/labels.py", "dasgen/config.py",
-                       "dasgen/guidance/sampler.py", "dasgen/stages/common.py"):
+                       "dasgen/guidance/sampler.py", "dasgen/pipeline/common.py"):
             assert needed in deps, (name, needed)
         assert "dasgen/diffusion/train.py" not in deps  # only what the stage imports: DDPM training is not
     assert "dasgen/labels.py" in stages["toy"]["deps"]
@@ -77,7 +77,7 @@ STAGE_RUNNER = textwrap.dedent("""
     from dasgen.config import load_config
     config = load_config(root / "params.yaml")
     if stage != "toy":  # the toy stage takes a root, not a Workspace
-        from dasgen.stages.workspace import Workspace
+        from dasgen.pipeline.workspace import Workspace
         ws = Workspace(root)
     if stage == "toy":
         from dasgen.stages.toy import run_toy; run_toy(config, root=root, out=root / "toy-again", progress=False)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from dasgen.config import Config, config_from_dict, load_config
-from dasgen.stages.chains import domain_noise_levels
+from dasgen.pipeline.chains import domain_noise_levels
 from dasgen.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

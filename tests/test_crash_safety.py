@@ -31,7 +31,7 @@ from conftest import write_tiny_params
 from dasgen.cli import app
 from dasgen.config import load_config
 from dasgen.stages.scan import run_scan
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import is_temp_name
 from dasgen.export.parts import IN_PROGRESS_FILE
 from helpers.synthetic import build_synthetic_domain, write_synthetic_source

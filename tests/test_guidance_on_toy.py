@@ -11,9 +11,9 @@ from dasgen.guidance.arrangement import guidance_plan
 from dasgen.guidance.sampler import Guidance, translate
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.stages.chains import base_schedule
-from dasgen.stages.common import load_source_pairs, source_reader
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.chains import base_schedule
+from dasgen.pipeline.common import load_source_pairs, source_reader
+from dasgen.pipeline.workspace import Workspace
 
 
 def test_lambda_80_raises_agreement_on_the_toy_at_the_same_seeds(tiny_workspace):

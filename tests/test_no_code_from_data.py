@@ -25,7 +25,7 @@ from PIL import Image
 import dasgen
 from dasgen.datasets.base import MAX_IMAGE_PIXELS
 from dasgen.segment.checkpoint import sidecar_path
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
 from helpers.fake_trees import write_bomb_png
 from test_bad_inputs import error_line, gta5_workspace, invoke

@@ -7,7 +7,8 @@ import yaml
 
 from dasgen.config import Config, config_from_dict, load_config
 from dasgen.errors import DasgenError
-from dasgen.stages.pipeline import build_pipeline, check_pipeline, domain_groups, parse_domain_range, render_pipeline
+from dasgen.pipeline.common import parse_domain_range
+from dasgen.pipeline.dvc_yaml import build_pipeline, check_pipeline, domain_groups, render_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from dasgen.stages.plots import CHART_SIZE, _mean_curves, plot_ablation, plot_pt
 from dasgen.stages.sheet import (GAP, ROW_LABEL_WIDTH, TITLE_HEIGHT, cell_size, domain_sheet, grid_size,
                                  guidance_sheet, overlay, pick_ids, shown_domains)
 from dasgen.stages.summary import run_summary
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 from dasgen.artifact.writer import DomainWriter
 
 

@@ -11,7 +11,7 @@ from dasgen.cli import app
 from dasgen.config import load_config
 from dasgen.stages.domain import run_domain
 from dasgen.stages.summary import run_summary
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 
 runner = CliRunner()
 
@@ -142,7 +142,7 @@ def test_evaluate_cli(workspace):
 def test_blown_up_images_are_counted_against_real_target_photos(workspace):
     import numpy as np
 
-    from dasgen.stages.image_quality import blow_up_report, target_roughness
+    from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 
     config = load_config(workspace / "params.yaml")
     reference = target_roughness(config, workspace)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 # The end-to-end test imports the stages inside the test: mp.spawn's workers import this module, and they only need
-# dasgen.stages.distributed (importing the diffusion stack would cost each worker seconds).
+# dasgen.pipeline.distributed (importing the diffusion stack would cost each worker seconds).
 
 
 def identical_files(directory):
@@ -51,7 +51,7 @@ def torchrun(root, *args):
 def test_two_ranks_give_the_one_rank_artifact(workspace, tmp_path, monkeypatch):
     from dasgen.config import load_config
     from dasgen.stages.domain import run_domain
-    from dasgen.stages.workspace import Workspace
+    from dasgen.pipeline.workspace import Workspace
     from dasgen.artifact.writer import DomainWriter
 
     reference = tmp_path / "reference"
@@ -116,7 +116,7 @@ def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from dasgen.stages.distributed import DistContext, data_parallel_segmenter
+        from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
 
         model = _net()
         sharded = data_parallel_segmenter(model, DistContext(rank=rank, world_size=world), batch_size=3,

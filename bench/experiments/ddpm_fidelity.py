@@ -31,10 +31,10 @@ from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.stages.ablate import train_oracle
-from dasgen.stages.image_quality import roughness
-from dasgen.stages.chains import base_schedule
-from dasgen.stages.common import target_reader
-from dasgen.stages.segmenters import target_val_store
+from dasgen.pipeline.image_quality import roughness
+from dasgen.pipeline.chains import base_schedule
+from dasgen.pipeline.common import target_reader
+from dasgen.pipeline.segmenters import target_val_store
 from dasgen.datasets.io import to_model_tensor
 
 REPO = Path(__file__).resolve().parents[2]

@@ -32,8 +32,8 @@ from dasgen.datasets.toy import SOURCE_LOOK, TARGET_LOOK, _sample, appearance
 from dasgen.labels import id_to_train_id
 from dasgen.seeding import image_seed
 from dasgen.segment.train import train_source
-from dasgen.stages.g0 import augment_settings
-from dasgen.stages.segmenters import new_segmenter, score_on_target, target_val_store
+from dasgen.pipeline.augment import augment_settings
+from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "docs" / "results" / "experiments"

@@ -27,12 +27,12 @@ from dasgen.guidance.sampler import translate
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.seeding import image_generator
-from dasgen.stages.image_quality import roughness
-from dasgen.stages.chains import base_schedule
-from dasgen.stages.common import load_source_pairs, source_reader
-from dasgen.stages.guided import domain_guidance, sampler_options
-from dasgen.stages.segmenters import target_val_store
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.image_quality import roughness
+from dasgen.pipeline.chains import base_schedule
+from dasgen.pipeline.common import load_source_pairs, source_reader
+from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.segmenters import target_val_store
+from dasgen.pipeline.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "docs" / "results" / "experiments" / "guidance-value"

@@ -25,11 +25,11 @@ from dasgen.config import config_from_dict, load_config
 from dasgen.datasets.pairs import PairStore
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.stages.ablate import score_consistency
-from dasgen.stages.image_quality import BLOWN_UP_FACTOR, roughness
-from dasgen.stages.common import load_source_pairs, source_reader
+from dasgen.pipeline.image_quality import BLOWN_UP_FACTOR, roughness
+from dasgen.pipeline.common import load_source_pairs, source_reader
 from dasgen.stages.domain import run_domain
-from dasgen.stages.segmenters import target_val_store
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.segmenters import target_val_store
+from dasgen.pipeline.workspace import Workspace
 from dasgen.artifact.reader import iter_domain_images
 
 REPO = Path(__file__).resolve().parents[2]

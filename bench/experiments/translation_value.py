@@ -30,13 +30,13 @@ from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import train_source
-from dasgen.stages.image_quality import roughness
-from dasgen.stages.chains import base_schedule
-from dasgen.stages.common import load_source_pairs, source_reader
-from dasgen.stages.g0 import augment_settings
-from dasgen.stages.guided import domain_guidance, sampler_options
-from dasgen.stages.segmenters import new_segmenter, score_on_target, target_val_store
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.image_quality import roughness
+from dasgen.pipeline.chains import base_schedule
+from dasgen.pipeline.common import load_source_pairs, source_reader
+from dasgen.pipeline.augment import augment_settings
+from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
+from dasgen.pipeline.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "data" / "experiments" / "xlate"

@@ -49,16 +49,17 @@ from dasgen.segment.train import train_source
 from dasgen.stages.ablate_report import RESULT_FILE, _pct, build_report, render_markdown, write_reports
 from dasgen.stages.ablate_spec import (AblationSpec, Variant, load_spec, params, seed_config,  # noqa: F401 (API)
                                        variant_config)
-from dasgen.stages.image_quality import blow_up_report, target_roughness
-from dasgen.stages.chains import domain_chain, domain_noise_levels
-from dasgen.stages.common import load_source_pairs, read_json, resolve_device, source_reader, write_json
+from dasgen.pipeline.image_quality import blow_up_report, target_roughness
+from dasgen.pipeline.augment import augment_settings
+from dasgen.pipeline.chains import domain_chain, domain_noise_levels
+from dasgen.pipeline.common import load_source_pairs, read_json, resolve_device, source_reader, write_json
 from dasgen.stages.diffusion import run_train_diffusion
 from dasgen.stages.domain import run_domain
-from dasgen.stages.g0 import augment_settings, run_train_g0
+from dasgen.stages.g0 import run_train_g0
 from dasgen.stages.scan import run_scan
-from dasgen.stages.segmenters import new_segmenter, score_on_target, target_val_store
+from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
 from dasgen.stages.toy import run_toy
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
 from dasgen.artifact.reader import iter_domain_images
 
@@ -191,8 +192,8 @@ def _source_pairs(store: PairStore) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 def final_image_roughness(directory: Path, shared: Workspace, config: Config) -> dict:
-    """Roughness of a domain's images against real target photos' (:mod:`.image_quality`): the mean, and the
-    fraction of images blown up into noise."""
+    """Roughness of a domain's images against real target photos' (:mod:`dasgen.pipeline.image_quality`): the
+    mean, and the fraction of images blown up into noise."""
     reference = target_roughness(config, shared.root)
     report = blow_up_report((image for _, image in iter_domain_images(directory)), reference)
     return {"roughness": report["roughness_ratio"] * reference, "target_roughness": reference,

@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 
 from dasgen.stages.ablate_spec import AblationSpec, Variant, params, seed_config, variant_config
-from dasgen.stages.common import write_json
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.common import write_json
+from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_text, sha256_file
 
 RESULT_FILE = "result.json"

@@ -19,10 +19,10 @@ from dasgen.diffusion.training_state import STATE_JSON
 from dasgen.diffusion.unet import build_unet, load_denoiser, make_eps_fn, save_denoiser
 from dasgen.errors import ConfigError
 from dasgen.seeding import image_seed
-from dasgen.stages.chains import base_schedule
-from dasgen.stages.common import resolve_device, target_reader, write_json
-from dasgen.stages.diffusion_fidelity import round_trip
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.chains import base_schedule
+from dasgen.pipeline.common import resolve_device, target_reader, write_json
+from dasgen.pipeline.diffusion_fidelity import round_trip
+from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_bytes
 
 

@@ -39,14 +39,14 @@ from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune
-from dasgen.stages.chains import domain_chain, domain_noise_levels
-from dasgen.stages.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
-from dasgen.stages.distributed import DistContext, data_parallel_segmenter
-from dasgen.stages.g0 import augment_settings
-from dasgen.stages.guided import domain_guidance, sampler_options
-from dasgen.stages.image_quality import blow_up_report, target_roughness
-from dasgen.stages.segmenters import score_on_target, target_val_store
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.augment import augment_settings
+from dasgen.pipeline.chains import domain_chain, domain_noise_levels
+from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
+from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
+from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.image_quality import blow_up_report, target_roughness
+from dasgen.pipeline.segmenters import score_on_target, target_val_store
+from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
 from dasgen.artifact.writer import DomainWriter, ImageRecord
 from dasgen.artifact.journal import JOURNAL_DIR
@@ -200,7 +200,7 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
     """Eq. 12: g_{n-1} -> g_n on (X^n, Y^S) plus (X^S, Y^S) unless ``ptl.finetune.use_src_loss`` is false.
 
     Under torchrun every rank calls it: the batches are split over the ranks by
-    :func:`~dasgen.stages.distributed.data_parallel_segmenter` (same batches, same maths as one process).
+    :func:`~dasgen.pipeline.distributed.data_parallel_segmenter` (same batches, same maths as one process).
     """
     ft = config.ptl.finetune
     model = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,

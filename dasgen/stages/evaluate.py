@@ -10,8 +10,8 @@ from dasgen.datasets.registry import open_dataset
 from dasgen.errors import DasgenError
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import evaluate
-from dasgen.stages.common import resolve_device
-from dasgen.stages.segmenters import store_batches
+from dasgen.pipeline.common import resolve_device
+from dasgen.pipeline.segmenters import store_batches
 
 
 def run_evaluate(config: Config, checkpoint: Path, *, workspace: Path = Path("."), kind: str | None = None, root: Path | None = None,

@@ -9,8 +9,8 @@ import numpy as np
 from dasgen.config import Config
 from dasgen.datasets.pairs import resize_label
 from dasgen.errors import DasgenError
-from dasgen.stages.common import load_source_pairs, source_reader
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.common import load_source_pairs, source_reader
+from dasgen.pipeline.workspace import Workspace
 from dasgen.export.run import export_domain
 
 

@@ -17,17 +17,10 @@ from dasgen.datasets.pairs import PairStore
 from dasgen.seeding import image_seed
 from dasgen.segment.checkpoint import save_segmenter
 from dasgen.segment.train import train_source
-from dasgen.stages.chains import base_schedule
-from dasgen.stages.common import load_source_pairs, resolve_device, source_reader, write_json
-from dasgen.stages.segmenters import new_segmenter, score_on_target, target_val_store
-from dasgen.stages.workspace import Workspace
-
-
-def augment_settings(config: Config, fraction: float) -> dict | None:
-    """Supp. C augmentation arguments: noise up to the final domain's level t_N, masked by a class region."""
-    if fraction <= 0:
-        return None
-    return {"schedule": base_schedule(config), "max_t": config.ptl.t_final, "fraction": fraction}
+from dasgen.pipeline.augment import augment_settings
+from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader, write_json
+from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
+from dasgen.pipeline.workspace import Workspace
 
 
 def run_train_g0(config: Config, ws: Workspace, *, progress: bool = True, console: Console | None = None) -> dict:

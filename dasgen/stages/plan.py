@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from dasgen.config import Config
 from dasgen.guidance.arrangement import guidance_plan
 from dasgen.seeding import image_seed
-from dasgen.stages.chains import domain_chain, domain_noise_levels
+from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 
 ASSUMED_CLASSES_PER_IMAGE = 8.0  # LCG copies per image when the source has not been scanned (GTA5 averages ~12)
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from dasgen.config import Config
 from dasgen.stages.costs import estimate_cost, render_estimate
 from dasgen.stages.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 
 
 def plan_report(config: Config, ws: Workspace, *, source_images: int | None = None) -> dict:

@@ -16,8 +16,8 @@ from dasgen.config import Config
 from dasgen.datasets.pairs import scan_pairs
 from dasgen.errors import DatasetError
 from dasgen.labels import IGNORE_INDEX, id_to_train_id
-from dasgen.stages.common import canonical_root, source_reader, write_json
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.common import canonical_root, source_reader, write_json
+from dasgen.pipeline.workspace import Workspace
 
 
 def run_scan(config: Config, ws: Workspace, *, console: Console | None = None) -> dict:

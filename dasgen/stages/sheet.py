@@ -30,11 +30,11 @@ from dasgen.guidance.sampler import translate
 from dasgen.labels import IGNORE_INDEX, train_id_to_color
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.stages.chains import domain_chain, domain_noise_levels
-from dasgen.stages.guided import domain_guidance, sampler_options
-from dasgen.stages.common import load_source_pairs, resolve_device, source_reader
+from dasgen.pipeline.chains import domain_chain, domain_noise_levels
+from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader
 from dasgen.stages.domain import image_consistency
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_bytes
 from dasgen.artifact.reader import DomainReader
 

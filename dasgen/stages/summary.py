@@ -7,8 +7,8 @@ import io
 import json
 
 from dasgen.config import Config
-from dasgen.stages.common import read_json, write_json
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.common import read_json, write_json
+from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_text
 
 CURVE_COLUMNS = ("domain", "t", "consistency", "target_miou")

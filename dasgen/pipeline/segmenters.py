@@ -13,7 +13,7 @@ from dasgen.seeding import image_seed
 from dasgen.segment.checkpoint import load_initial_weights
 from dasgen.segment.metrics import evaluate
 from dasgen.segment.models import Segmenter, build_segmenter
-from dasgen.stages.common import target_reader
+from dasgen.pipeline.common import target_reader
 
 
 def new_segmenter(config: Config, root: Path = Path(".")) -> Segmenter:

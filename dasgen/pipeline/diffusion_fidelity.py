@@ -21,9 +21,9 @@ from dasgen.datasets.io import to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.guidance.sampler import translate
 from dasgen.seeding import image_generator
-from dasgen.stages.chains import base_schedule
-from dasgen.stages.common import target_reader
-from dasgen.stages.image_quality import roughness
+from dasgen.pipeline.chains import base_schedule
+from dasgen.pipeline.common import target_reader
+from dasgen.pipeline.image_quality import roughness
 from dasgen.io.atomic import atomic_write_bytes
 
 IMAGES = 16  # target photos in the round trip (the first by id of the val split, else of the train split)

@@ -15,7 +15,7 @@ import numpy as np
 
 from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
-from dasgen.stages.common import target_reader
+from dasgen.pipeline.common import target_reader
 
 BLOWN_UP_FACTOR = 2.5  # an image rougher than 2.5x the real target photos counts as blown up into noise
 REFERENCE_IMAGES = 64  # target photos averaged for the reference (the first, by id: deterministic)

@@ -30,7 +30,7 @@ STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "scan": ("dasgen.stages.scan",),
     "train_diffusion": ("dasgen.stages.diffusion",),
     "train_g0": ("dasgen.stages.g0",),
-    "domain": ("dasgen.stages.domain", "dasgen.stages.distributed"),
+    "domain": ("dasgen.stages.domain", "dasgen.pipeline.distributed"),
     "summarize": ("dasgen.stages.summary",),
     "export": ("dasgen.stages.export",),
 }

@@ -14,7 +14,7 @@ from dasgen.datasets.base import DatasetReader, Entry
 from dasgen.datasets.registry import open_dataset
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import atomic_write_json
-from dasgen.stages.workspace import Workspace
+from dasgen.pipeline.workspace import Workspace
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,3 +76,15 @@ def load_source_pairs(ws: Workspace, config: Config | None = None) -> tuple[list
                               f"data.source.{key} = {expected[key]!r}; run `dasgen scan` (or `dvc repro`) first")
     entries = [Entry(**e) for e in record["entries"]]
     return entries, record
+
+
+def parse_domain_range(text: str, total: int) -> list[int]:
+    """``"3"`` or ``"1-4"`` -> [domains]; each within 1..N."""
+    try:
+        first, _, last = text.partition("-")
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        raise DasgenError(f"--domains {text!r}: expected N or FIRST-LAST, e.g. 1-4") from None
+    if not 1 <= lo <= hi <= total:
+        raise DasgenError(f"--domains {text!r}: must lie within 1..ptl.N = {total}")
+    return list(range(lo, hi + 1))
