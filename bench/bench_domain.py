@@ -14,12 +14,12 @@ It reports
   divide by a domain's t_n for its images/s);
 - ``finetune_images_per_s``: :func:`dasgen.segment.train.finetune` with L_ada + L_src and the Supp. C augmentation
   (images = iterations x batch x 2);
-- the unit costs of :mod:`dasgen.stages.costs` (seconds per U-Net forward per image, per segmenter guidance pass per
+- the unit costs of :mod:`dasgen.planning.costs` (seconds per U-Net forward per image, per segmenter guidance pass per
   LCG copy, per scoring forward, per training image), each with dasgen's speed-ups and, where one exists, without
   them (``*_baseline``: one image per U-Net call with autograd recording, LCG as a per-class loop, default layout),
   timed interleaved; and FLOPs per unit (``torch.utils.flop_counter`` on the meta device).
 
-``--write-costs`` stores the toy and paper unit costs in ``dasgen/stages/unit_costs.json`` (what ``dasgen plan``
+``--write-costs`` stores the toy and paper unit costs in ``dasgen/planning/unit_costs.json`` (what ``dasgen plan``
 reads). ``--workspace W`` also times the real stage ``run_domain`` on a copy of a prepared workspace.
 
     python bench/bench_domain.py --threads 1                      # toy + large, a few minutes on a CPU
@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-UNIT_COSTS_FILE = REPO / "dasgen" / "stages" / "unit_costs.json"
+UNIT_COSTS_FILE = REPO / "dasgen" / "planning" / "unit_costs.json"
 
 from dasgen.config import load_config  # noqa: E402
 from dasgen.diffusion.schedule import NoiseSchedule, evenly_spaced_steps  # noqa: E402
@@ -204,7 +204,7 @@ def bench_workspace(workspace: Path, domain: int) -> dict:
     """The real stage on a copy of a prepared workspace: translate images/s and the rest of the domain's time."""
     from rich.console import Console
 
-    from dasgen.stages.domain import run_domain
+    from dasgen.stages.translate import run_domain
     from dasgen.pipeline.workspace import Workspace
 
     with tempfile.TemporaryDirectory(prefix="dasgen-bench-domain-") as tmp:
@@ -223,10 +223,10 @@ def bench_workspace(workspace: Path, domain: int) -> dict:
 
 def write_costs(rows: list[dict], path: Path, device_note: str) -> None:
     """Store the unit costs of the toy and paper rows in the table ``dasgen plan`` reads (other entries kept)."""
-    from dasgen.stages.costs import model_signature
+    from dasgen.planning.costs import model_signature
 
     table = json.loads(path.read_text()) if path.is_file() else {"format_version": 1, "entries": []}
-    table["note"] = ("Seconds per unit measured by bench/bench_domain.py (see dasgen/stages/costs.py); "
+    table["note"] = ("Seconds per unit measured by bench/bench_domain.py (see dasgen/planning/costs.py); "
                      "'_baseline' = without dasgen's non-maths speed-ups. CPU numbers unless 'device' says otherwise.")
     for row in rows:
         if row["config"] not in ("toy", "paper"):
@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=None, help="also time run_domain on a copy of it")
     parser.add_argument("--domain", type=int, default=1, help="with --workspace: the domain to time")
     parser.add_argument("--write-costs", nargs="?", const=UNIT_COSTS_FILE, type=Path, default=None,
-                        help="store unit costs (default dasgen/stages/unit_costs.json)")
+                        help="store unit costs (default dasgen/planning/unit_costs.json)")
     parser.add_argument("--device-note", default=describe_machine(), help="the machine, for the cost table")
     parser.add_argument("--json", action="store_true", help="print JSON lines only")
     args = parser.parse_args()

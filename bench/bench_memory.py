@@ -61,8 +61,8 @@ def rss_mib(field: str = "VmRSS") -> float:
 def prepare(root: Path, images: int) -> None:
     """Toy data, scan, a 6-step DDPM and g_0, through the stage functions."""
     from dasgen.config import load_config
-    from dasgen.stages.diffusion import run_train_diffusion
-    from dasgen.stages.g0 import run_train_g0
+    from dasgen.stages.train_diffusion import run_train_diffusion
+    from dasgen.stages.train_g0 import run_train_g0
     from dasgen.stages.scan import run_scan
     from dasgen.stages.toy import run_toy
     from dasgen.pipeline.workspace import Workspace
@@ -84,7 +84,7 @@ def worker(root: Path, cache_bytes: int | None) -> dict:
     import torch
     from rich.console import Console
 
-    import dasgen.stages.domain as domain_stage
+    import dasgen.stages.translate as domain_stage
     from dasgen.config import load_config
     from dasgen.datasets.pairs import PairStore
     from dasgen.pipeline.workspace import Workspace

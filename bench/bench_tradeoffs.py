@@ -68,7 +68,7 @@ def final_images(directory: Path) -> dict[str, np.ndarray]:
 
 
 def score_with(segmenter, images: dict[str, np.ndarray], store) -> float:
-    from dasgen.stages.domain import image_consistency
+    from dasgen.stages.translate import image_consistency
 
     scores = []
     with torch.inference_mode():
@@ -81,7 +81,7 @@ def score_with(segmenter, images: dict[str, np.ndarray], store) -> float:
 
 def run_variant(name: str, workspace: Path, args) -> tuple[dict, dict[str, np.ndarray]]:
     from dasgen.datasets.pairs import PairStore
-    from dasgen.stages import domain as domain_stage
+    from dasgen.stages import translate as domain_stage
     from dasgen.pipeline.common import load_source_pairs, source_reader
 
     overrides = VARIANTS[name]

@@ -12,7 +12,7 @@ run goes on):
    (``bench_guidance.speedups_config``).
 2. ``unit_costs``: the per-unit seconds ``dasgen plan``'s cost model needs for the paper config
    (``bench_domain.bench_config``), written to ``OUT/unit_costs.json``; ``--write-costs`` also stores them in
-   ``dasgen/stages/unit_costs.json``.
+   ``dasgen/planning/unit_costs.json``.
 3. ``toy_translate``: a whole toy ``translate`` (the real stage) on the device -- images/s -- and the same domain on
    the CPU from the same inputs: are the image bytes equal, and if not, by how much do pixels differ.
 
@@ -91,9 +91,9 @@ def _toy_workspace(root: Path, args, device: torch.device) -> dict:
 
 def toy_translate(args, device: torch.device) -> dict:
     from dasgen.config import load_config
-    from dasgen.stages.diffusion import run_train_diffusion
-    from dasgen.stages.domain import run_domain
-    from dasgen.stages.g0 import run_train_g0
+    from dasgen.stages.train_diffusion import run_train_diffusion
+    from dasgen.stages.translate import run_domain
+    from dasgen.stages.train_g0 import run_train_g0
     from dasgen.stages.scan import run_scan
     from dasgen.stages.toy import run_toy
     from dasgen.pipeline.workspace import Workspace
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: the CPU test of this script")
     parser.add_argument("--max-copies", type=int, default=64, help="sgg.max_copies_per_pass for the LCG pass")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds; parts that would start later skip")
-    parser.add_argument("--write-costs", action="store_true", help="also update dasgen/stages/unit_costs.json")
+    parser.add_argument("--write-costs", action="store_true", help="also update dasgen/planning/unit_costs.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)

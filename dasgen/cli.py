@@ -132,7 +132,7 @@ def scan() -> None:
 @handles_errors
 def train_diffusion() -> None:
     """Train the target DDPM on unlabelled target images (Eq. 5); resumes after an interruption."""
-    from dasgen.stages.diffusion import run_train_diffusion
+    from dasgen.stages.train_diffusion import run_train_diffusion
 
     run_train_diffusion(State.config(), State.ws(), console=err)
 
@@ -141,7 +141,7 @@ def train_diffusion() -> None:
 @handles_errors
 def train_g0() -> None:
     """Train the source segmenter g_0 with the noisy+masked augmentation (Supp. C)."""
-    from dasgen.stages.g0 import run_train_g0
+    from dasgen.stages.train_g0 import run_train_g0
 
     run_train_g0(State.config(), State.ws(), console=err)
 
@@ -157,9 +157,9 @@ def translate(
     Resumable: run it again after an interruption. Under `torchrun --nproc_per_node K -m dasgen translate ...`
     the images are sharded across ranks and the artifact is the same as with one process.
     """
-    from dasgen.pipeline.distributed import init_distributed, shutdown_distributed
-    from dasgen.stages.domain import run_domain
     from dasgen.pipeline.common import parse_domain_range
+    from dasgen.pipeline.distributed import init_distributed, shutdown_distributed
+    from dasgen.stages.translate import run_domain
 
     config = State.config()
     if (domain is None) == (domains is None):
@@ -177,7 +177,7 @@ def translate(
 @handles_errors
 def summarize() -> None:
     """Gather per-domain metrics into metrics/ptl.csv (DVC plots) and metrics/summary.json."""
-    from dasgen.stages.summary import format_summary, run_summary
+    from dasgen.stages.summarize import format_summary, run_summary
 
     out.print(format_summary(run_summary(State.config(), State.ws())))
 
@@ -235,7 +235,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Score a segmenter (g_0 .. g_N) on a labelled target set: per-class IoU and mIoU (the paper's measure)."""
-    from dasgen.stages.evaluate import run_evaluate
+    from dasgen.commands.evaluate import run_evaluate
 
     config = State.config()
     if protocol is not None and protocol not in (19, 16, 13):
@@ -262,7 +262,7 @@ def plan(
                                                          "instead of the scanned count.")] = None,
 ) -> None:
     """Print the PTL schedule (domains, noise levels, steps, images) and its cost before anything runs."""
-    from dasgen.stages.plan_report import plan_report, render_plan
+    from dasgen.planning.report import plan_report, render_plan
 
     report = plan_report(State.config(), State.ws(), source_images=source_images)
     if as_json:
@@ -317,7 +317,7 @@ def ablate(
 
     Params come from the spec's `base` file and overrides (not --params/--set). Resumable: finished runs are skipped.
     """
-    from dasgen.stages.ablate import load_spec, render_markdown, run_ablation
+    from dasgen.research.ablate import load_spec, render_markdown, run_ablation
 
     report = run_ablation(load_spec(spec), seeds=_csv_list(seeds, "--seeds", int),
                           variants=_csv_list(variants, "--variants"), ddpm=ddpm, report_only=report_only, console=err)
@@ -336,7 +336,7 @@ def sheet(
                                          "LCG only, GSG only and with SGG at the same seeds (Fig. 7).")] = False,
 ) -> None:
     """Contact sheet of the translation: source | label | X^n for several n | label over X^N (Fig. 4 analogue)."""
-    from dasgen.stages.sheet import domain_sheet, guidance_sheet
+    from dasgen.research.sheet import domain_sheet, guidance_sheet
 
     ws = State.ws()
     if guided:
@@ -358,7 +358,7 @@ def plot(
                                                      "ablation.png beside --ablation).")] = None,
 ) -> None:
     """PNG of per-domain label consistency and target mIoU against n (from `dasgen summarize`), or of an ablation."""
-    from dasgen.stages.plots import plot_ablation, plot_ptl
+    from dasgen.research.plots import plot_ablation, plot_ptl
 
     ws = State.ws()
     if ablation is not None:

@@ -98,13 +98,13 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    steps: int = knob(800, min=1)  # paper trains to convergence; toy: minutes on CPU
+    steps: int = knob(1600, min=1)  # paper trains to convergence; toy: minutes on CPU
     batch_size: int = knob(8, min=1)  # paper: 4
     lr: float = knob(2e-3, min=0.0, exclusive_min=True)  # paper: 2e-5; toy trains few steps, so larger
     adam_betas: list[float] = knob([0.9, 0.99])  # Sec. 5.1: momentum 0.9 and 0.99
-    ema_decay: Optional[float] = knob(None, min=0.0, max=1.0)  # DDPM uses 0.9999; off for short toy runs
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # paper: constant; cosine anneals a short run to 0
-    max_timestep: Optional[int] = knob(None, min=1)  # deviation: learn t <= this only (None = all T, Eq. 5)
+    ema_decay: Optional[float] = knob(0.999, min=0.0, max=1.0)  # DDPM uses 0.9999; None = no EMA
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # paper: constant; cosine anneals a short run to 0
+    max_timestep: Optional[int] = knob(100, min=1)  # deviation: learn t <= this only (None = all T, Eq. 5)
     hflip: bool = True
     checkpoint_every: int = knob(500, min=1)  # resumable after a kill
 
@@ -152,12 +152,12 @@ class SGGConfig:
     gradient_at: Literal["x_t", "x0_hat"] = "x_t"  # segmenter sees x_k (paper) | the denoised estimate (deviation)
     # deviation if set: the [H, W] at which lambda is calibrated; other resolutions get the same per-pixel steps
     lambda_resolution: Optional[list[int]] = knob(None, min=1)
-    max_step: Optional[float] = knob(None, min=0.0, exclusive_min=True)  # deviation if set: cap per-pixel step
+    max_step: Optional[float] = knob(0.1, min=0.0, exclusive_min=True)  # deviation if set: cap per-pixel step
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    iters: int = knob(60, min=0)  # paper: 300 per domain at batch 2
+    iters: int = knob(200, min=0)  # paper: 300 per domain at batch 2
     batch_size: int = knob(16, min=1)  # paper: 2
     optimizer: Literal["sgd", "adam"] = "adam"  # paper: SGD
     lr: float = knob(5e-4, min=0.0, exclusive_min=True)  # paper: 2.5e-4 (SGD)
@@ -170,7 +170,7 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class PTLConfig:
     N: int = knob(4, min=1)  # number of intermediate domains; paper: 600
-    t_final: int = knob(400, min=1)  # noise level of the last domain t_N; paper: 600 (t_n = n)
+    t_final: int = knob(100, min=1)  # noise level of the last domain t_N; paper: 600 (t_n = n)
     steps_per_domain: Optional[int] = knob(25, min=1)  # respaced reverse steps per domain; None = all t_n (paper)
     reverse_variance: Literal["beta", "posterior"] = "beta"  # sampling noise: beta_t (paper) | beta-tilde_t
     images_per_domain: int = knob(128, min=1)  # intermediate domains translate a sample; paper: 600

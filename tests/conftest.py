@@ -47,8 +47,8 @@ def write_tiny_params(directory: Path, **overrides) -> Path:
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory) -> Path:
     """A workspace with toy data, a scanned source, a 6-step DDPM and g_0 -- ready for `translate`."""
-    from dasgen.stages.diffusion import run_train_diffusion
-    from dasgen.stages.g0 import run_train_g0
+    from dasgen.stages.train_diffusion import run_train_diffusion
+    from dasgen.stages.train_g0 import run_train_g0
     from dasgen.stages.scan import run_scan
     from dasgen.stages.toy import run_toy
     from dasgen.pipeline.workspace import Workspace

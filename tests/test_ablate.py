@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from conftest import write_tiny_params
 from dasgen.cli import app
 from dasgen.errors import ConfigError
-from dasgen.stages import ablate
-from dasgen.stages.ablate import load_spec, run_ablation, variant_config
+from dasgen.research import ablate
+from dasgen.research.ablate import load_spec, run_ablation, variant_config
 
 SPEC = {
     "base": "params.yaml",

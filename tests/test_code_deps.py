@@ -84,14 +84,16 @@ STAGE_RUNNER = textwrap.dedent("""
     elif stage == "scan":
         from dasgen.stages.scan import run_scan; run_scan(config, ws)
     elif stage == "train_diffusion":
-        from dasgen.stages.diffusion import run_train_diffusion; run_train_diffusion(config, ws, progress=False)
+        from dasgen.stages.train_diffusion import run_train_diffusion; run_train_diffusion(config, ws, progress=False)
     elif stage == "train_g0":
-        from dasgen.stages.g0 import run_train_g0; run_train_g0(config, ws, progress=False)
-    elif stage == "domain":
-        from dasgen.stages.domain import run_domain; run_domain(config, ws, 1, progress=False)
-        run_domain(config, ws, 2, progress=False)
+        from dasgen.stages.train_g0 import run_train_g0; run_train_g0(config, ws, progress=False)
+    elif stage == "domain":  # as `dasgen translate --domains 1-2` does
+        from dasgen.pipeline.common import parse_domain_range
+        from dasgen.stages.translate import run_domain
+        for n in parse_domain_range("1-2", config.ptl.N):
+            run_domain(config, ws, n, progress=False)
     elif stage == "summarize":
-        from dasgen.stages.summary import run_summary; run_summary(config, ws)
+        from dasgen.stages.summarize import run_summary; run_summary(config, ws)
     elif stage == "export":
         from dasgen.stages.export import run_export; run_export(config, ws, force=True, progress=False)
     loaded = sorted(m.__file__ for name, m in list(sys.modules.items())

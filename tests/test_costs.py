@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from dasgen.cli import app
 from dasgen.config import load_config
-from dasgen.stages.costs import ASSUMED_GPU_TFLOPS, estimate_cost, load_unit_costs, model_signature
-from dasgen.stages.plan import schedule_costs
+from dasgen.planning.costs import ASSUMED_GPU_TFLOPS, estimate_cost, load_unit_costs, model_signature
+from dasgen.planning.plan import schedule_costs
 
 REPO = Path(__file__).resolve().parent.parent
 SECONDS = {"unet_forward": 0.5, "unet_forward_baseline": 2.0, "seg_guidance": 0.25, "seg_guidance_baseline": 1.0,

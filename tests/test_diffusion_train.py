@@ -300,9 +300,10 @@ def test_max_timestep_below_the_last_domain_is_a_config_error():
 
 def test_plan_names_the_ddpm_recipe_deviations():
     from dasgen.config import config_from_dict
-    from dasgen.stages.plan_report import deviations
+    from dasgen.planning.report import deviations
 
-    shipped_style = deviations(config_from_dict({}))
+    shipped_style = deviations(config_from_dict({"ptl": {"t_final": 200}, "diffusion": {
+        "train": {"max_timestep": None, "lr_schedule": "constant"}}}))
     changed = deviations(config_from_dict({"ptl": {"t_final": 200}, "diffusion": {
         "train": {"max_timestep": 250, "lr_schedule": "cosine"}}}))
     new = [note for note in changed if note not in shipped_style and "domain schedule" not in note]

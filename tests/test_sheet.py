@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from dasgen.cli import app
 from dasgen.config import load_config
 from dasgen.errors import DasgenError
-from dasgen.stages.domain import run_domain
-from dasgen.stages.plots import CHART_SIZE, _mean_curves, plot_ablation, plot_ptl
-from dasgen.stages.sheet import (GAP, ROW_LABEL_WIDTH, TITLE_HEIGHT, cell_size, domain_sheet, grid_size,
+from dasgen.stages.translate import run_domain
+from dasgen.research.plots import CHART_SIZE, _mean_curves, plot_ablation, plot_ptl
+from dasgen.research.sheet import (GAP, ROW_LABEL_WIDTH, TITLE_HEIGHT, cell_size, domain_sheet, grid_size,
                                  guidance_sheet, overlay, pick_ids, shown_domains)
-from dasgen.stages.summary import run_summary
+from dasgen.stages.summarize import run_summary
 from dasgen.pipeline.workspace import Workspace
 from dasgen.artifact.writer import DomainWriter
 

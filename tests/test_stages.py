@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from dasgen.cli import app
 from dasgen.config import load_config
-from dasgen.stages.domain import run_domain
-from dasgen.stages.summary import run_summary
+from dasgen.stages.translate import run_domain
+from dasgen.stages.summarize import run_summary
 from dasgen.pipeline.workspace import Workspace
 
 runner = CliRunner()

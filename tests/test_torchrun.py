@@ -50,7 +50,7 @@ def torchrun(root, *args):
 @pytest.mark.slow
 def test_two_ranks_give_the_one_rank_artifact(workspace, tmp_path, monkeypatch):
     from dasgen.config import load_config
-    from dasgen.stages.domain import run_domain
+    from dasgen.stages.translate import run_domain
     from dasgen.pipeline.workspace import Workspace
     from dasgen.artifact.writer import DomainWriter
 

@@ -146,7 +146,7 @@ def test_verify_needs_a_manifest_or_an_index(tmp_path):
 
 def _finished_domain(workspace) -> Path:
     from dasgen.config import load_config
-    from dasgen.stages.domain import run_domain
+    from dasgen.stages.translate import run_domain
     from dasgen.pipeline.workspace import Workspace
 
     run_domain(load_config(workspace / "params.yaml"), Workspace(workspace), 1, progress=False)

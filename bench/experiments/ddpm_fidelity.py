@@ -30,7 +30,7 @@ from dasgen.guidance.sampler import translate
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
-from dasgen.stages.ablate import train_oracle
+from dasgen.research.ablate import train_oracle
 from dasgen.pipeline.image_quality import roughness
 from dasgen.pipeline.chains import base_schedule
 from dasgen.pipeline.common import target_reader

@@ -24,10 +24,10 @@ import yaml
 from dasgen.config import config_from_dict, load_config
 from dasgen.datasets.pairs import PairStore
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.stages.ablate import score_consistency
+from dasgen.research.ablate import score_consistency
 from dasgen.pipeline.image_quality import BLOWN_UP_FACTOR, roughness
 from dasgen.pipeline.common import load_source_pairs, source_reader
-from dasgen.stages.domain import run_domain
+from dasgen.stages.translate import run_domain
 from dasgen.pipeline.segmenters import target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.artifact.reader import iter_domain_images

@@ -28,10 +28,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../dasgen
 STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "toy": ("dasgen.stages.toy",),
     "scan": ("dasgen.stages.scan",),
-    "train_diffusion": ("dasgen.stages.diffusion",),
-    "train_g0": ("dasgen.stages.g0",),
-    "domain": ("dasgen.stages.domain", "dasgen.pipeline.distributed"),
-    "summarize": ("dasgen.stages.summary",),
+    "train_diffusion": ("dasgen.stages.train_diffusion",),
+    "train_g0": ("dasgen.stages.train_g0",),
+    "domain": ("dasgen.stages.translate", "dasgen.pipeline.distributed"),
+    "summarize": ("dasgen.stages.summarize",),
     "export": ("dasgen.stages.export",),
 }
 

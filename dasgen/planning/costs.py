@@ -1,6 +1,6 @@
 """The cost model behind ``dasgen plan``: measured unit costs x the work units of the PTL schedule.
 
-A run's work is a handful of unit operations, counted per domain by :mod:`dasgen.stages.plan`:
+A run's work is a handful of unit operations, counted per domain by :mod:`dasgen.planning.plan`:
 
 - one U-Net forward per image per reverse step (Eq. 4);
 - one segmenter forward+backward (to the input) per LCG copy -- (image, class present) pair -- at an LCG step
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dasgen.config import Config
-from dasgen.stages.plan import DomainCost
+from dasgen.planning.plan import DomainCost
 
 UNIT_COSTS_FILE = Path(__file__).with_name("unit_costs.json")
 UNITS = ("unet_forward", "seg_guidance", "seg_forward", "seg_train")

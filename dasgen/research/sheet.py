@@ -1,4 +1,4 @@
-"""Stage ``sheet``: contact sheets that show the translation -- analogues of the paper's Fig. 4 and Fig. 7.
+"""``dasgen sheet``: contact sheets that show the translation -- analogues of the paper's Fig. 4 and Fig. 7.
 
 * :func:`domain_sheet` (Fig. 4): for a few source images, one row each: the source image, its label, X^n for several
   domains n, the final X^N, and the label overlaid on X^N -- read from a finished pipeline workspace.
@@ -33,7 +33,7 @@ from dasgen.segment.checkpoint import load_segmenter
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 from dasgen.pipeline.guided import domain_guidance, sampler_options
 from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader
-from dasgen.stages.domain import image_consistency
+from dasgen.stages.translate import image_consistency
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_bytes
 from dasgen.artifact.reader import DomainReader

@@ -15,7 +15,7 @@ import os
 import statistics
 from pathlib import Path
 
-from dasgen.stages.ablate_spec import AblationSpec, Variant, params, seed_config, variant_config
+from dasgen.research.ablate_spec import AblationSpec, Variant, params, seed_config, variant_config
 from dasgen.pipeline.common import write_json
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_text, sha256_file

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dasgen.config import Config
-from dasgen.stages.costs import estimate_cost, render_estimate
-from dasgen.stages.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
+from dasgen.planning.costs import estimate_cost, render_estimate
+from dasgen.planning.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
 from dasgen.pipeline.workspace import Workspace
 
 

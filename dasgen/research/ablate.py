@@ -1,9 +1,9 @@
-"""Stage ``ablate``: the paper's ablations (Tab. 2 components, Tab. 3 fine-tuning loss, Tab. 5 arrangements) on the toy.
+"""``dasgen ablate``: the paper's ablations (Tab. 2 components, Tab. 3 fine-tune loss, Tab. 5 arrangements) on the toy.
 
 The spec (``ablation.yaml``) names a base params file, overrides shared by every variant (the shrunk toy), paired
 seeds and the variants, each a set of params overrides. For every seed s and variant v the runner builds a workspace
 ``<out>/seed-<s>/<v>/`` whose read-only inputs are symlinks and runs PTL domains 1..N there with the ordinary domain
-stage (:func:`dasgen.stages.domain.run_domain`), so an ablation exercises exactly the code a user runs::
+stage (:func:`dasgen.stages.translate.run_domain`), so an ablation exercises exactly the code a user runs::
 
     <out>/shared/                 toy data, source_pairs.json, ONE target DDPM (trained once for all seeds),
                                   oracle-toy/ (labelled target images of a second toy for the oracle)
@@ -15,8 +15,8 @@ Each run is judged by the paper's measure, the mIoU of its final g_N on the toy 
 consistency of its final images X^N as scored by the oracle (mIoU of the oracle's prediction against the source
 labels): one fixed judge for every variant, unlike the pipeline's own consistency (scored by g_{N-1}, which differs
 per variant). Everything is resumable: a (seed, variant) whose ``result.json`` matches its inputs is skipped, and an
-interrupted one resumes inside the domain stage. The spec is parsed by :mod:`dasgen.stages.ablate_spec`, the reports
-written by :mod:`dasgen.stages.ablate_report`.
+interrupted one resumes inside the domain stage. The spec is parsed by :mod:`dasgen.research.ablate_spec`, the reports
+written by :mod:`dasgen.research.ablate_report`.
 """
 
 from __future__ import annotations
@@ -46,16 +46,16 @@ from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.models import Segmenter
 from dasgen.segment.train import train_source
-from dasgen.stages.ablate_report import RESULT_FILE, _pct, build_report, render_markdown, write_reports
-from dasgen.stages.ablate_spec import (AblationSpec, Variant, load_spec, params, seed_config,  # noqa: F401 (API)
+from dasgen.research.ablate_report import RESULT_FILE, _pct, build_report, render_markdown, write_reports
+from dasgen.research.ablate_spec import (AblationSpec, Variant, load_spec, params, seed_config,  # noqa: F401 (API)
                                        variant_config)
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 from dasgen.pipeline.common import load_source_pairs, read_json, resolve_device, source_reader, write_json
-from dasgen.stages.diffusion import run_train_diffusion
-from dasgen.stages.domain import run_domain
-from dasgen.stages.g0 import run_train_g0
+from dasgen.stages.train_diffusion import run_train_diffusion
+from dasgen.stages.translate import run_domain
+from dasgen.stages.train_g0 import run_train_g0
 from dasgen.stages.scan import run_scan
 from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
 from dasgen.stages.toy import run_toy

@@ -1,4 +1,4 @@
-"""Stage ``plot``: PNG charts of the PTL curve (``metrics/ptl.csv``) and of the ablation results, drawn with Pillow.
+"""``dasgen plot``: PNG charts of the PTL curve (``metrics/ptl.csv``) and of the ablation results, drawn with Pillow.
 
 ``metrics/ptl.csv`` is also declared as DVC plots in ``dvc.yaml`` (``dvc plots show``); this PNG is the same curve
 for places without DVC's renderer (the README). Pillow, already a dependency, keeps matplotlib out of the runtime
@@ -16,7 +16,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from dasgen.errors import DasgenError
-from dasgen.stages.sheet import save_png
+from dasgen.research.sheet import save_png
 
 CHART_SIZE = (760, 420)  # px
 MARGINS = (64, 44, 24, 64)  # left, top, right, bottom px
