@@ -8,7 +8,7 @@ inside functions, since the CLI and the stages import lazily -- and list every f
 
 Statically derived on purpose: the walk never imports the code it walks, so it is cheap, cannot run side effects, and
 sees imports on branches a given run does not take (a stage's code deps must not depend on which branch ran).
-``tests/test_code_deps.py`` checks the other direction at run time: every dasgen module that a stage actually loads
+``tests/unit/pipeline/test_code_deps.py`` checks the other direction at run time: every dasgen module that a stage actually loads
 is listed.
 
 The CLI (``dasgen/cli.py``) is not a dep: each command only parses its options and calls the stage function named in

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from conftest import write_tiny_params
@@ -14,7 +13,7 @@ from dasgen.config import load_config
 from dasgen.planning.costs import ASSUMED_GPU_TFLOPS, estimate_cost, load_unit_costs, model_signature
 from dasgen.planning.plan import schedule_costs
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 SECONDS = {"unet_forward": 0.5, "unet_forward_baseline": 2.0, "seg_guidance": 0.25, "seg_guidance_baseline": 1.0,
            "seg_forward": 0.125, "seg_train": 4.0}
 FLOPS = {"unet_forward": 10.0, "seg_guidance": 3.0, "seg_forward": 1.0, "seg_train": 7.0}

@@ -1,6 +1,5 @@
 """params.yaml loading: strict keys, types, ranges and cross-checks, each error naming the file and key."""
 
-from pathlib import Path
 
 import pytest
 import yaml
@@ -9,7 +8,7 @@ from dasgen.config import Config, config_from_dict, load_config
 from dasgen.pipeline.chains import domain_noise_levels
 from dasgen.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def test_shipped_params_equal_the_documented_defaults():

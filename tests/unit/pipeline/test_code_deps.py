@@ -15,7 +15,7 @@ from dasgen.config import Config, load_config
 from dasgen.pipeline.code_deps import STAGE_ENTRIES, import_closure, imported_modules, stage_code_deps
 from dasgen.pipeline.dvc_yaml import build_pipeline, render_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def test_imports_inside_functions_relative_and_submodules_are_found():

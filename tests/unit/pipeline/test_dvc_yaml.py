@@ -1,6 +1,5 @@
 """dvc.yaml generation: the shipped file is current, the chain is explicit, params are scoped per stage."""
 
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +9,7 @@ from dasgen.errors import DasgenError
 from dasgen.pipeline.common import parse_domain_range
 from dasgen.pipeline.dvc_yaml import build_pipeline, check_pipeline, domain_groups, render_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def test_shipped_dvc_yaml_matches_params():

@@ -18,7 +18,8 @@ import yaml
 
 from conftest import write_tiny_params
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 BIN = Path(sys.executable).parent
 
 
