@@ -8,6 +8,7 @@ from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
 from dasgen.datasets.registry import open_dataset
 from dasgen.errors import DasgenError
+from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import evaluate
 from dasgen.pipeline.common import resolve_device
@@ -23,7 +24,7 @@ def run_evaluate(config: Config, checkpoint: Path, *, workspace: Path = Path("."
     if split is None:
         raise DasgenError("evaluate: no labelled split given (--split) and data.target.val_split is null")
     device = resolve_device(config.run.device)
-    model = load_segmenter(checkpoint, device=device, expect_arch=config.segmenter.arch, expect_classes=19)
+    model = load_segmenter(checkpoint, device=device, expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     reader = open_dataset(kind, root, split=split, labelled=True)
     store = PairStore(reader, reader.entries(), config.data.resolution)
     protocol = protocol or config.segmenter.eval_protocol

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
+from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.seeding import image_seed
 from dasgen.segment.checkpoint import load_initial_weights
 from dasgen.segment.metrics import evaluate
@@ -22,11 +23,21 @@ def new_segmenter(config: Config, root: Path = Path(".")) -> Segmenter:
     s = config.segmenter
     with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: seed a private copy of it
         torch.manual_seed(image_seed(config.run.seed, 0, "segmenter-init"))
-        model = build_segmenter(s.arch, num_classes=19, width=s.width,
+        model = build_segmenter(s.arch, num_classes=NUM_TRAIN_CLASSES, width=s.width,
                                 input_size=tuple(s.input_size) if s.input_size else None)
     if s.weights:
         load_initial_weights(model, root / s.weights)
     return model
+
+
+def on_device(sampler: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+              ) -> Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]:
+    """Wrap a seeded batch sampler (generator -> (x, y) on the CPU) so that its batches land on ``device``: what the
+    training loops (:func:`~dasgen.segment.train.train_source`, ``finetune``) take."""
+    def sample(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = sampler(generator)
+        return x.to(device), y.to(device)
+    return sample
 
 
 def store_batches(store: PairStore, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

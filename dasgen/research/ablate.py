@@ -38,7 +38,8 @@ from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.datasets.registry import open_dataset
 from dasgen.datasets.toy import generate_toy
-from dasgen.diffusion.unet import load_denoiser, make_eps_fn
+from dasgen.diffusion.unet import WEIGHTS_NAME, load_denoiser, make_eps_fn
+from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.errors import DasgenError
 from dasgen.guidance.sampler import translate
 from dasgen.seeding import image_generator, image_seed
@@ -57,7 +58,7 @@ from dasgen.stages.train_diffusion import run_train_diffusion
 from dasgen.stages.translate import run_domain
 from dasgen.stages.train_g0 import run_train_g0
 from dasgen.stages.scan import run_scan
-from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
+from dasgen.pipeline.segmenters import new_segmenter, on_device, score_on_target, target_val_store
 from dasgen.stages.toy import run_toy
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
@@ -127,15 +128,15 @@ def prepare_ddpm(spec: AblationSpec, ws: Workspace, *, ddpm: Path | None, consol
     """
     config = params(spec, spec.common)
     d = config.to_dict()
-    model_file = ws.diffusion_model / "diffusion_pytorch_model.safetensors"
+    model_file = ws.diffusion_model / WEIGHTS_NAME
     marker = ws.diffusion_dir / ".ablation-ddpm.json"
     trained_print = {"diffusion": d["diffusion"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
                      "target": [d["data"]["target"]["root"], d["data"]["target"]["train_split"]]}
     recorded = json.loads(marker.read_text()) if marker.is_file() and model_file.is_file() else None
     if ddpm is not None:
-        given = Path(ddpm) / "diffusion_pytorch_model.safetensors"
+        given = Path(ddpm) / WEIGHTS_NAME
         if not given.is_file():
-            raise DasgenError(f"--ddpm {ddpm}: no diffusion_pytorch_model.safetensors there (a diffusers UNet2DModel)")
+            raise DasgenError(f"--ddpm {ddpm}: no {WEIGHTS_NAME} there (a diffusers UNet2DModel)")
         wanted = {"copied_from_sha256": sha256_file(given)}
         if recorded != wanted:
             console.print(f"ablation: using the DDPM in {ddpm}")
@@ -252,11 +253,7 @@ def train_oracle(config: Config, oracle_toy: Path, path: Path, *, device: torch.
     store = PairStore(reader, reader.entries(), config.data.resolution)
     st = config.segmenter.source_train
     model = new_segmenter(config).to(device)
-    sampler = store.sampler(st.batch_size)
-
-    def sample_batch(generator):
-        x, y = sampler(generator)
-        return x.to(device), y.to(device)
+    sample_batch = on_device(store.sampler(st.batch_size), device)
 
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, 0, "train-oracle"))
     train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum, weight_decay=st.weight_decay,
@@ -277,7 +274,7 @@ def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, oracle_path: Path, *, 
     # Every noise level of the base schedule, and the last one of any variant that changes t_N.
     levels = sorted(set(domain_noise_levels(config.ptl))
                     | {variant_config(spec, v, spec.seeds[0]).ptl.t_final for v in spec.variants})
-    fingerprint = {"diffusion_sha256": sha256_file(shared.diffusion_model / "diffusion_pytorch_model.safetensors"),
+    fingerprint = {"diffusion_sha256": sha256_file(shared.diffusion_model / WEIGHTS_NAME),
                    "oracle_sha256": sha256_file(oracle_path), "images": images, "levels": levels,
                    "steps_per_domain": config.ptl.steps_per_domain}
     path = shared.root / "ddpm-roundtrip.json"
@@ -289,7 +286,7 @@ def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, oracle_path: Path, *, 
     ids = [e.id for e in store.entries][:images]
     x0, _ = store.batch(ids)
     labels = [store.get(i).train_ids for i in ids]
-    oracle = load_segmenter(oracle_path, device=device, expect_arch=config.segmenter.arch, expect_classes=19)
+    oracle = load_segmenter(oracle_path, device=device, expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     eps_fn = make_eps_fn(load_denoiser(shared.diffusion_model, device=device))
     protocol = config.segmenter.eval_protocol
     result = {"fingerprint": fingerprint, "images": len(ids),
@@ -315,7 +312,7 @@ def run_variant(spec: AblationSpec, variant: Variant, seed: int, shared: Workspa
     root = spec.out / f"seed-{seed}" / variant.name
     ws = _linked_workspace(root, shared, g0=inputs["g0"].parent)
     fingerprint = {"params_sha256": config.sha256(),
-                   "diffusion_sha256": sha256_file(shared.diffusion_model / "diffusion_pytorch_model.safetensors"),
+                   "diffusion_sha256": sha256_file(shared.diffusion_model / WEIGHTS_NAME),
                    "g0_sha256": sha256_file(inputs["g0"]), "oracle_sha256": sha256_file(inputs["oracle"])}
     result_path = root / RESULT_FILE
     if result_path.is_file():
@@ -333,7 +330,7 @@ def run_variant(spec: AblationSpec, variant: Variant, seed: int, shared: Workspa
         m = run_domain(config, ws, n, progress=False, console=console)
         curve.append({k: m.get(k) for k in ("domain", "t", "consistency", "target_miou")})
     device = resolve_device(config.run.device)
-    oracle = load_segmenter(inputs["oracle"], device=device, expect_arch=config.segmenter.arch, expect_classes=19)
+    oracle = load_segmenter(inputs["oracle"], device=device, expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     entries, _ = load_source_pairs(ws)
     store = PairStore(source_reader(config, ws.root), entries, config.data.resolution)
     consistency = score_consistency(oracle, _domain_pairs(ws.domain_dir(N, N), store),

@@ -19,6 +19,7 @@ from dasgen.research.ablate_spec import AblationSpec, Variant, params, seed_conf
 from dasgen.pipeline.common import write_json
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_text, sha256_file
+from dasgen.diffusion.unet import WEIGHTS_NAME
 
 RESULT_FILE = "result.json"
 CSV_COLUMNS = ("seed", "variant", "label", "table", "paper_miou", "target_miou", "consistency",
@@ -81,7 +82,7 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
                         "consistency_std": cons_sd, "blown_up": blown, "blown_up_std": blown_sd,
                         "wall_s": round(sum(r["wall_s"] or 0 for r in mine), 1)})
     shared = Workspace(spec.out / "shared")
-    model = shared.diffusion_model / "diffusion_pytorch_model.safetensors"
+    model = shared.diffusion_model / WEIGHTS_NAME
     base = params(spec, spec.common)
     roundtrip_path = shared.root / "ddpm-roundtrip.json"
     roundtrip = json.loads(roundtrip_path.read_text()) if roundtrip_path.is_file() else None

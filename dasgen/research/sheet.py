@@ -27,7 +27,7 @@ from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.unet import load_denoiser, make_eps_fn
 from dasgen.errors import DasgenError
 from dasgen.guidance.sampler import translate
-from dasgen.labels import IGNORE_INDEX, train_id_to_color
+from dasgen.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, train_id_to_color
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
@@ -194,7 +194,7 @@ def guidance_sheet(config: Config, ws: Workspace, out: Path, *, count: int = 4, 
     if unknown:
         raise DasgenError(f"--ids: {unknown[0]!r} is not a usable source pair in {ws.source_pairs}")
     g_prev = load_segmenter(ws.segmenter_path(N - 1, N), device=device, expect_arch=config.segmenter.arch,
-                            expect_classes=19)
+                            expect_classes=NUM_TRAIN_CLASSES)
     g_prev.eval().requires_grad_(False)
     eps_fn = make_eps_fn(load_denoiser(ws.diffusion_model, device=device))
     chain = domain_chain(config, N)

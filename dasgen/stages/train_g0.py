@@ -19,7 +19,7 @@ from dasgen.segment.checkpoint import save_segmenter
 from dasgen.segment.train import train_source
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader, write_json
-from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
+from dasgen.pipeline.segmenters import new_segmenter, on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 
 
@@ -32,11 +32,7 @@ def run_train_g0(config: Config, ws: Workspace, *, progress: bool = True, consol
     st = config.segmenter.source_train
     model = new_segmenter(config, ws.root).to(device)
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, 0, "train-g0"))
-    sampler = store.sampler(st.batch_size)
-
-    def sample_batch(g):
-        x, y = sampler(g)
-        return x.to(device), y.to(device)
+    sample_batch = on_device(store.sampler(st.batch_size), device)
 
     console.print(f"g_0: {config.segmenter.arch} on {len(entries)} source pairs, {st.iters} iterations on {device}")
     losses = train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum,

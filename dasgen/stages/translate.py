@@ -32,7 +32,8 @@ import dasgen
 from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
-from dasgen.diffusion.unet import load_denoiser, make_eps_fn, verify_denoiser_checksum
+from dasgen.diffusion.unet import WEIGHTS_NAME, load_denoiser, make_eps_fn, verify_denoiser_checksum
+from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.errors import CheckpointError, DasgenError
 from dasgen.guidance.sampler import autocast_denoiser, translate
 from dasgen.seeding import image_generator, image_seed
@@ -45,7 +46,7 @@ from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_de
 from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
 from dasgen.pipeline.guided import domain_guidance, sampler_options
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
-from dasgen.pipeline.segmenters import score_on_target, target_val_store
+from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
 from dasgen.artifact.writer import DomainWriter, ImageRecord
@@ -86,7 +87,7 @@ def image_consistency(pred: torch.Tensor, label: torch.Tensor) -> float:
 
     Averaged over the classes present in the label or the prediction (ignore pixels excluded); 1.0 = perfect.
     """
-    matrix = ConfusionMatrix(num_classes=19)
+    matrix = ConfusionMatrix(num_classes=NUM_TRAIN_CLASSES)
     matrix.update(pred[None], label[None])
     ious = matrix.iou_per_class()
     present = [v for v in ious.tolist() if v == v]  # NaN for classes absent from both
@@ -105,7 +106,7 @@ def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
         "params": {"ptl": ptl, "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
                    "source": d["data"]["source"] | {"root": canonical_root(config.data.source.root, ws.root)},
                    "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
-        "diffusion_sha256": sha256_file(_required(ws.diffusion_model / "diffusion_pytorch_model.safetensors",
+        "diffusion_sha256": sha256_file(_required(ws.diffusion_model / WEIGHTS_NAME,
                                                   "dasgen train-diffusion")),
         "segmenter_in_sha256": sha256_file(_required(ws.segmenter_path(n - 1, config.ptl.N), writer_of_g)),
     }
@@ -149,7 +150,7 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
     if config.ptl.unet_bf16:  # deviation, off by default: eps_theta under bf16 autocast
         eps_fn = autocast_denoiser(eps_fn, torch.bfloat16)
     g_prev = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
-                            expect_arch=config.segmenter.arch, expect_classes=19)
+                            expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     g_prev.eval().requires_grad_(False)
     chain = domain_chain(config, plan.n)
     guidance = domain_guidance(config, g_prev, plan.n, len(chain))
@@ -204,7 +205,7 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
     """
     ft = config.ptl.finetune
     model = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
-                           expect_arch=config.segmenter.arch, expect_classes=19)
+                           expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     trained = data_parallel_segmenter(model, ctx, batch_size=ft.batch_size, device=device)
     if trained is None:  # a rank beyond the batch size sits the fine-tune out
         return model, {}
@@ -221,9 +222,7 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
         y = torch.where(flip[:, None, None], y.flip(-1), y)
         return x.to(device), y.to(device)
 
-    def sample_source(generator):
-        x, y = source_sampler(generator)
-        return x.to(device), y.to(device)
+    sample_source = on_device(source_sampler, device)
 
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, plan.n, "finetune"))
     losses = finetune(trained, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters, lr=ft.lr,
