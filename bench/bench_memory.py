@@ -23,6 +23,16 @@ Measured (2-core CPU VM shared with other jobs, load ~6; 3,000 images, 2 reverse
 
 Translation itself holds no per-image state. After it, fine-tuning g_N and finalizing the index add ~40 MiB plus
 ~8 KiB per image (the journal entries merged into the sorted index), about 60 MiB here.
+
+``--guided-step`` measures the other memory question, the real-scale one: the peak of ONE guided reverse step at
+256x512 with the paper's DeepLab-V2 / ResNet-101 and all 19 classes present, for each ``sgg.max_copies_per_pass``
+given (``--copies 1 2 4``). Each setting runs in a fresh subprocess: U-Net (dasgen's default, sized for 256x512) and
+segmenter built, weights resident (``weights_rss_mib``), then one LCG step (19 masked copies, Eqs. 6-9, in passes of
+at most K copies) and one GSG step (Eq. 10); ``peak_rss_mib`` is the process's VmHWM, ``*_above_weights_mib`` what
+the step added on top of the models. The per-copy slope says what a larger K costs; K = 19 (one pass) is
+extrapolated, not run, when it would not fit this machine.
+
+    python bench/bench_memory.py --guided-step --copies 1 2 4
 """
 
 from __future__ import annotations
@@ -133,13 +143,91 @@ def worker(root: Path, cache_bytes: int | None) -> dict:
     }
 
 
+def guided_step_worker(copies: int, size: tuple[int, int]) -> dict:
+    """One LCG and one GSG reverse step at ``size`` (R101, 19 classes) with LCG passes of ``copies``; RSS in MiB."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_guidance import make_labels
+
+    from dasgen.diffusion.schedule import NoiseSchedule
+    from dasgen.diffusion.unet import build_unet, make_eps_fn
+    from dasgen.guidance.arrangement import guidance_plan
+    from dasgen.guidance.sampler import Guidance, translate
+    from dasgen.labels import NUM_TRAIN_CLASSES
+    from dasgen.segment.models import build_segmenter
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    start = rss_mib()
+    unet = build_unet(sample_size=size).eval().requires_grad_(False)
+    segmenter = build_segmenter("deeplabv2_resnet101", num_classes=NUM_TRAIN_CLASSES).eval().requires_grad_(False)
+    eps_fn = make_eps_fn(unet)
+    x = torch.rand((1, 3, *size), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = make_labels(1, NUM_TRAIN_CLASSES, size, seed=0)
+    weights = rss_mib()
+    result = {"height": size[0], "width": size[1], "max_copies_per_pass": copies, "classes_present": NUM_TRAIN_CLASSES,
+              "threads": torch.get_num_threads(), "start_rss_mib": round(start, 1), "weights_rss_mib": round(weights, 1)}
+    schedule = NoiseSchedule.linear(1000).truncated(1)  # one reverse step (t = 1)
+    for arrangement in ("gsg-only", "lcg-only"):  # GSG first: its peak is below LCG's, so VmHWM after it is its own
+        guidance = Guidance(segmenter=segmenter, plan=guidance_plan(arrangement, 1), max_copies_per_pass=copies)
+        started = time.perf_counter()
+        translate(x, labels, denoiser=eps_fn, schedule=schedule, generators=[torch.Generator().manual_seed(0)],
+                  guidance=guidance)
+        name = arrangement.split("-")[0]
+        result[f"{name}_step_s"] = round(time.perf_counter() - started, 1)
+        result[f"{name}_peak_rss_mib"] = round(rss_mib("VmHWM"), 1)
+        result[f"{name}_above_weights_mib"] = round(rss_mib("VmHWM") - weights, 1)
+    return result
+
+
+def guided_step(copies: list[int], size: tuple[int, int], as_json: bool) -> None:
+    """Run :func:`guided_step_worker` in a fresh process per K; print the table and the per-copy slope."""
+    rows = []
+    for k in copies:
+        done = subprocess.run([sys.executable, __file__, "--guided-step-worker", str(k), "--size", *map(str, size)],
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+        if done.returncode != 0:
+            sys.exit(f"guided-step worker (K={k}) failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if not as_json:
+            r = rows[-1]
+            print(f"K={k:>2}: models {r['weights_rss_mib'] - r['start_rss_mib']:7.0f} MiB; LCG step +"
+                  f"{r['lcg_above_weights_mib']:7.0f} MiB ({r['lcg_step_s']} s); GSG step +"
+                  f"{r['gsg_above_weights_mib']:6.0f} MiB ({r['gsg_step_s']} s); peak RSS {r['lcg_peak_rss_mib']:.0f} MiB",
+                  flush=True)
+    summary = {"rows": rows}
+    if len(rows) >= 2:
+        first, last = rows[0], rows[-1]
+        slope = (last["lcg_above_weights_mib"] - first["lcg_above_weights_mib"]) / (
+            last["max_copies_per_pass"] - first["max_copies_per_pass"])
+        one_pass = first["lcg_above_weights_mib"] + slope * (first["classes_present"] - first["max_copies_per_pass"])
+        summary |= {"lcg_mib_per_copy": round(slope, 1), "lcg_one_pass_extrapolated_mib": round(one_pass)}
+        if not as_json:
+            print(f"LCG: {slope:.0f} MiB per masked copy in a pass; all 19 copies in one pass (K >= 19) would add "
+                  f"about {one_pass / 1024:.1f} GiB above the models (extrapolated)")
+    if as_json:
+        print(json.dumps(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=3000, help="toy source images (all translated)")
     parser.add_argument("--cache-bytes", type=int, default=None, help="PairStore cache budget (default: dasgen's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--guided-step", action="store_true",
+                        help="peak memory of one guided step at --size with R101 and 19 classes, per --copies")
+    parser.add_argument("--copies", nargs="+", type=int, default=[1, 2, 4], help="sgg.max_copies_per_pass values")
+    parser.add_argument("--size", nargs=2, type=int, default=[256, 512], metavar=("H", "W"))
+    parser.add_argument("--guided-step-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.guided_step_worker is not None:
+        print(json.dumps(guided_step_worker(args.guided_step_worker, tuple(args.size))))
+        return
+    if args.guided_step:
+        guided_step(args.copies, tuple(args.size), args.json)
+        return
     if args.worker is not None:
         print(json.dumps(worker(args.worker, args.cache_bytes)))
         return
