@@ -64,6 +64,9 @@ def deviations(config: Config) -> list[str]:
         notes.append(f"guidance step capped at {config.sgg.max_step} per pixel (sgg.max_step; paper: uncapped)")
     if config.sgg.lcg_normalise != "region":
         notes.append("LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)")
+    if config.segmenter.arch.startswith("segformer_"):
+        notes.append(f"segmenter {config.segmenter.arch}: SegFormer's all-MLP decode head on the MiT encoder stands in "
+                     "for DAFormer's context-aware fusion head (paper: DAFormer)")
     train = config.diffusion.train
     if train.max_timestep is not None and config.diffusion.pretrained is None:
         notes.append(f"DDPM trained on t <= {train.max_timestep} only (diffusion.train.max_timestep; paper: t ~ U(1, T),"

@@ -100,3 +100,14 @@ def test_each_paper_segmenter_runs_the_toy_pipeline_end_to_end(arch, tmp_path):
         result = runner.invoke(app, [*base, *command])
         assert result.exit_code == 0, (command, result.output)
     assert read_sidecar(tmp_path / "data/domains/002/segmenter.safetensors")["arch"] == arch
+
+
+def test_plan_names_the_segformer_head_difference():
+    from dasgen.config import config_from_dict
+    from dasgen.planning.report import deviations
+
+    def head_notes(arch: str) -> list[str]:
+        return [n for n in deviations(config_from_dict({"segmenter": {"arch": arch}})) if "DAFormer" in n]
+
+    assert head_notes("segformer_b5") and "segformer_b5" in head_notes("segformer_b5")[0]
+    assert head_notes("deeplabv2_resnet101") == []
