@@ -52,7 +52,7 @@ def test_mmseg_cityscapes_dataset_reads_a_dasgen_export_with_our_labels(workspac
     result = runner.invoke(app, [*args, "export", "--format", "cityscapes", "--out", str(out)])
     assert result.exit_code == 0, result.output
 
-    # The standard mmseg config for Cityscapes, pointed at the export (README: "Training with mmsegmentation").
+    # The standard mmseg config for Cityscapes, pointed at the export (docs/artifact.md, "Exports and sharing").
     dataset = CityscapesDataset(
         data_root=str(out), data_prefix=dict(img_path="leftImg8bit/train", seg_map_path="gtFine/train"),
         pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")], serialize_data=False)

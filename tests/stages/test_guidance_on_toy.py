@@ -37,7 +37,7 @@ def test_lambda_80_raises_agreement_on_the_toy_at_the_same_seeds(tiny_workspace)
 
     unguided, moved_unguided = agreement(None)
     guided, moved_guided = agreement(Guidance(segmenter=g0, lambda_=80.0, plan=guidance_plan("alternate", 20, 0)))
-    # the tiny workspace's g_0 is trained for 6 iterations only, so the gain is small here; the README measures it
+    # the tiny workspace's g_0 is trained for 6 iterations only, so the gain is small here; docs/results.md measures it
     # on the full toy (32 images, t = 100: 47.5 -> 55.5); the direction must hold at the same seeds
     assert guided > unguided
     assert moved_guided < 2 * moved_unguided  # still a translation, not noise
