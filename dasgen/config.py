@@ -104,7 +104,7 @@ class DiffusionTrainConfig:
     adam_betas: list[float] = knob([0.9, 0.99])  # Sec. 5.1: momentum 0.9 and 0.99
     ema_decay: Optional[float] = knob(0.999, min=0.0, max=1.0)  # DDPM uses 0.9999; None = no EMA
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # paper: constant; cosine anneals a short run to 0
-    max_timestep: Optional[int] = knob(100, min=1)  # deviation: learn t <= this only (None = all T, Eq. 5)
+    max_timestep: Optional[int] = knob(None, min=1)  # deviation: learn t <= this only (None = all T, Eq. 5)
     hflip: bool = True
     checkpoint_every: int = knob(500, min=1)  # resumable after a kill
 
