@@ -122,11 +122,17 @@ def _required(path: Path, stage: str) -> Path:
 def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: Console) -> bool:
     """Returns True when the domain is already complete with this fingerprint; clears a stale partial run."""
     marker = out / FINGERPRINT_FILE
-    if marker.is_file() and json.loads(marker.read_text()) == fingerprint:
-        # complete = finalize ran to its end: its files exist and its clean-up left no journal, staging or trash
-        return (all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json",
-                                                        CHECKSUMS_FILE))
-                and not any((out / name).exists() for name in (JOURNAL_DIR, STAGING_DIR, ".trash")))
+    # Every rank decides from the same state: without the two barriers a rank that reads the marker after rank 0 has
+    # written it below would skip rank 0's barrier, and the ranks' barriers would pair up wrongly (a hang).
+    ctx.barrier()
+    same_run = marker.is_file() and json.loads(marker.read_text()) == fingerprint
+    # complete = finalize ran to its end: its files exist and its clean-up left no journal, staging or trash
+    complete = same_run and (
+        all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json", CHECKSUMS_FILE))
+        and not any((out / name).exists() for name in (JOURNAL_DIR, STAGING_DIR, ".trash")))
+    ctx.barrier()
+    if same_run:
+        return complete
     if ctx.is_main:
         if out.exists():
             console.print(f"[yellow]{out}: made with other params or inputs; starting this domain afresh[/]")
