@@ -424,19 +424,24 @@ def config_from_dict(data: Any, *, source: str = "params.yaml") -> Config:
 def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
     """Read ``path`` strictly. ``overrides`` maps dotted keys to values (``{"sgg.lambda": 40}``), checked the same way."""
     path = Path(path)
+    data = read_yaml_file(path, missing="params file not found", what="params file")
+    apply_overrides(data, overrides or {}, source=str(path))
+    return config_from_dict(data, source=str(path))
+
+
+def read_yaml_file(path: Path, *, missing: str, what: str) -> Any:
+    """The parsed YAML file ``path`` ({} when empty), read as :func:`parse_yaml` does (no aliases, size-capped); a
+    missing, unreadable, non-UTF-8 or invalid file is a ConfigError naming it (``missing``: the not-found message)."""
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
+        raise ConfigError(f"{path}: {missing}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a params file (not UTF-8 text)") from None
+        raise ConfigError(f"{path}: not a {what} (not UTF-8 text)") from None
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read params file: {error.strerror or error}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {error.strerror or error}") from None
     data = parse_yaml(text, str(path))
-    if data is None:
-        data = {}
-    apply_overrides(data, overrides or {}, source=str(path))
-    return config_from_dict(data, source=str(path))
+    return {} if data is None else data
 
 
 MAX_YAML_CHARS = 1_000_000  # a params file is a few kilobytes; refuse anything that could not be one

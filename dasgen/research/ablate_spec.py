@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-from dasgen.config import Config, apply_overrides, config_from_dict, parse_yaml
+from dasgen.config import Config, apply_overrides, config_from_dict, read_yaml_file
 from dasgen.errors import ConfigError
 from dasgen.io.atomic import sha256_file
 
@@ -172,13 +172,7 @@ def _inherit(data: Any, path: Path) -> tuple[dict, Path | None]:
 
 def _read_yaml(path: Path, *, missing: str) -> Any:
     """The parsed YAML file ``path`` ({} when empty); a missing file or bad YAML is a ConfigError naming it."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: {missing}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    return parse_yaml(text, str(path)) or {}
+    return read_yaml_file(path, missing=missing, what="YAML file")
 
 
 def _read_base(path: Path) -> dict:
