@@ -149,7 +149,7 @@ class SGGConfig:
     # none = no guidance: PTL without SGG (Tab. 2 (b)), the one switch that turns guidance off
     max_copies_per_pass: int = knob(64, min=1)  # LCG masked copies per segmenter pass (memory budget)
     lcg_normalise: Literal["region", "image"] = "region"  # LCG CE mean over the class region | over the image
-    gradient_at: Literal["x_t", "x0_hat"] = "x_t"  # segmenter sees x_k (paper) | the denoised estimate (deviation)
+    gradient_at: Literal["x_t", "x0_hat"] = "x0_hat"  # segmenter sees x_k (paper) | the denoised estimate (deviation)
     # deviation if set: the [H, W] at which lambda is calibrated; other resolutions get the same per-pixel steps
     lambda_resolution: Optional[list[int]] = knob(None, min=1)
     max_step: Optional[float] = knob(0.1, min=0.0, exclusive_min=True)  # deviation if set: cap per-pixel step
@@ -157,7 +157,7 @@ class SGGConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    iters: int = knob(200, min=0)  # paper: 300 per domain at batch 2
+    iters: int = knob(100, min=0)  # paper: 300 per domain at batch 2
     batch_size: int = knob(16, min=1)  # paper: 2
     optimizer: Literal["sgd", "adam"] = "adam"  # paper: SGD
     lr: float = knob(5e-4, min=0.0, exclusive_min=True)  # paper: 2.5e-4 (SGD)
@@ -169,11 +169,11 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class PTLConfig:
-    N: int = knob(4, min=1)  # number of intermediate domains; paper: 600
+    N: int = knob(8, min=1)  # number of intermediate domains; paper: 600
     t_final: int = knob(100, min=1)  # noise level of the last domain t_N; paper: 600 (t_n = n)
     steps_per_domain: Optional[int] = knob(25, min=1)  # respaced reverse steps per domain; None = all t_n (paper)
     reverse_variance: Literal["beta", "posterior"] = "beta"  # sampling noise: beta_t (paper) | beta-tilde_t
-    images_per_domain: int = knob(128, min=1)  # intermediate domains translate a sample; paper: 600
+    images_per_domain: int = knob(64, min=1)  # intermediate domains translate a sample; paper: 600
     translate_batch_size: int = knob(32, min=1)  # images per U-Net / segmenter batch (no effect on results)
     image_format: Literal["png", "parquet"] = "png"  # parquet shards scale better under DVC
     domains_per_stage: int = knob(1, min=1)  # group domains per DVC stage to keep 600-domain pipelines fast
