@@ -48,8 +48,8 @@ from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.models import Segmenter
 from dasgen.segment.train import train_source
 from dasgen.research.ablate_report import RESULT_FILE, _pct, build_report, render_markdown, write_reports
-from dasgen.research.ablate_spec import (AblationSpec, Variant, load_spec, params, seed_config,  # noqa: F401 (API)
-                                       variant_config)
+from dasgen.research.ablate_spec import (AblationSpec, Variant, load_spec, params,  # noqa: F401 (API)
+                                       reference_fingerprint, seed_config, variant_config)
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
@@ -204,19 +204,12 @@ def final_image_roughness(directory: Path, shared: Workspace, config: Config) ->
 # -- per-seed inputs and reference rows ------------------------------------------------------------------------------
 
 
-def _g0_fingerprint(config: Config) -> dict:
-    d = config.to_dict()
-    return {"seed": config.run.seed, "toy": d["toy"], "data": d["data"], "segmenter": d["segmenter"],
-            "t_final": config.ptl.t_final, "schedule": {k: d["diffusion"][k] for k in
-                                                       ("num_train_timesteps", "beta_start", "beta_end")}}
-
-
 def prepare_seed(spec: AblationSpec, seed: int, shared: Workspace, *, console: Console) -> dict:
     """g_0 and the oracle of ``seed`` and their reference rows (``source-only``, ``oracle``); skipped when done."""
     config = seed_config(spec, seed)
     device = resolve_device(config.run.device)
     seed_root = spec.out / f"seed-{seed}"
-    fingerprint = _g0_fingerprint(config) | {"oracle_toy_seed": spec.oracle_toy_seed}
+    fingerprint = reference_fingerprint(spec, config)
     ws = _linked_workspace(seed_root / "source-only", shared)
     g0_result, oracle_result = seed_root / "source-only" / RESULT_FILE, seed_root / "oracle" / RESULT_FILE
     oracle_path = seed_root / "oracle" / "segmenter.safetensors"

@@ -15,7 +15,8 @@ import os
 import statistics
 from pathlib import Path
 
-from dasgen.research.ablate_spec import AblationSpec, Variant, params, seed_config, variant_config
+from dasgen.research.ablate_spec import (AblationSpec, Variant, params, reference_fingerprint, seed_config,
+                                         variant_config)
 from dasgen.pipeline.common import write_json
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_text, sha256_file
@@ -57,9 +58,11 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
             path = spec.out / f"seed-{seed}" / row.name / RESULT_FILE
             if path.is_file():
                 result = json.loads(path.read_text())
-                expected = (seed_config(spec, seed) if row.name in spec.reference
-                            else variant_config(spec, row, seed)).sha256()
-                if result.get("params_sha256") != expected:  # written under other params: not this spec's result
+                if row.name in spec.reference:  # the rule prepare_seed reuses g_0 and the oracle by
+                    current = result.get("fingerprint") == reference_fingerprint(spec, seed_config(spec, seed))
+                else:
+                    current = result.get("params_sha256") == variant_config(spec, row, seed).sha256()
+                if not current:  # written under other params: not this spec's result
                     stale.append(f"seed-{seed}/{row.name}")
                     continue
                 runs.append({k: result.get(k) for k in CSV_COLUMNS} | {"label": row.label, "table": row.table,

@@ -131,6 +131,16 @@ def test_one_seed_two_variants_report_and_resume(tmp_path, tiny_workspace, monke
     assert [r["variant"] for r in stale["runs"]] == ["source-only", "wo-ptl", "lower-t", "oracle"]
     assert "Left out: 1 finished runs" in (tmp_path / "results" / "ablation.md").read_text()
 
+    # a change of the translation params shared by every variant leaves g_0 and the oracle as they are (prepare_seed
+    # reuses them), so their rows stay in the report while every PTL row is stale
+    retuned = load_spec(write_spec(tmp_path, set={**SPEC.get("set", {}), "sgg.lambda": 40.0}))
+    kept = run_ablation(retuned, report_only=True)
+    assert [r["variant"] for r in kept["runs"]] == ["source-only", "oracle"]
+    assert sorted(kept["stale_runs"]) == ["seed-0/full", "seed-0/lower-t", "seed-0/wo-ptl"]
+    # ... and a change of g_0's recipe makes them stale too
+    resegmented = load_spec(write_spec(tmp_path, set={**SPEC.get("set", {}), "segmenter.width": 12}))
+    assert run_ablation(resegmented, report_only=True)["runs"] == []
+
 
 def test_cli_ablate_selects_and_reports(tmp_path):
     spec_path = write_spec(tmp_path)
