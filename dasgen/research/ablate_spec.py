@@ -89,7 +89,7 @@ def _row(name: str, data: Any, where: str, *, overrides: bool) -> Variant:
 def load_spec(path: str | Path) -> AblationSpec:
     """Read and check ``ablation.yaml``; every variant's params are validated here, before anything runs."""
     path = Path(path)
-    data, parent = _inherit(_read_yaml(path, missing="ablation spec not found"), path)
+    data, parent = _inherit(read_yaml_file(path, missing="ablation spec not found", what="YAML file"), path)
     where = str(path)
     known = {"base", "out", "results", "seeds", "set", "match_finetune_budget", "oracle", "reference", "variants"}
     unknown = sorted(set(data) - known)
@@ -156,7 +156,7 @@ def _inherit(data: Any, path: Path) -> tuple[dict, Path | None]:
     if "based_on" not in data:
         return data, None
     parent_path = path.parent / str(data["based_on"])
-    parent = _read_yaml(parent_path, missing=f"spec not found (named by {path}.based_on)")
+    parent = read_yaml_file(parent_path, missing=f"spec not found (named by {path}.based_on)", what="YAML file")
     if "based_on" in parent:
         raise ConfigError(f"{path}.based_on: {parent_path} is itself based on another spec (one level only)")
     child = {k: v for k, v in data.items() if k != "based_on"}
@@ -170,13 +170,8 @@ def _inherit(data: Any, path: Path) -> tuple[dict, Path | None]:
     return merged, parent_path
 
 
-def _read_yaml(path: Path, *, missing: str) -> Any:
-    """The parsed YAML file ``path`` ({} when empty); a missing file or bad YAML is a ConfigError naming it."""
-    return read_yaml_file(path, missing=missing, what="YAML file")
-
-
 def _read_base(path: Path) -> dict:
-    return _read_yaml(path, missing="params file not found (the ablation spec's base)")
+    return read_yaml_file(path, missing="params file not found (the ablation spec's base)", what="params file")
 
 
 def params(spec: AblationSpec, overrides: dict[str, Any]) -> Config:
