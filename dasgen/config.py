@@ -85,6 +85,7 @@ class ToyConfig:
     n_target_val: int = knob(100, min=1)
     rendering_gap: float = knob(1.0, min=0.0, max=1.0)  # texture/haze/noise/blur/grading gap (most of the real gap)
     colour_swap: bool = True  # two classes take another class's colour in the target, so colour shortcuts fail
+    thin_object_scale: float = knob(1.0, min=1.0, max=4.0)  # widen poles, signs and persons (toy calibration)
 
 
 @dataclass(frozen=True)

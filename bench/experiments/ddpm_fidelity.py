@@ -49,7 +49,7 @@ def oracle(config, device):
     if not path.is_file():
         toy = WORK / "oracle-toy"
         generate_toy(toy, seed=1000, height=config.toy.height, width=config.toy.width, n_source=1, n_target_train=1,
-                     n_target_val=config.toy.n_source, progress=False)
+                     n_target_val=config.toy.n_source, progress=False, thin_object_scale=config.toy.thin_object_scale)
         train_oracle(config, toy, path, device=device)
     return load_segmenter(path, device=device, expect_arch=config.segmenter.arch, expect_classes=19).eval()
 

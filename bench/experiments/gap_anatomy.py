@@ -60,7 +60,8 @@ def main() -> None:
         if name not in wanted:
             continue
         started = time.time()
-        pairs = [_sample(look, "source", "train", i, t.seed, t.height, t.width) for i in range(t.n_source)]
+        pairs = [_sample(look, "source", "train", i, t.seed, t.height, t.width, t.thin_object_scale)
+                 for i in range(t.n_source)]
         x = torch.stack([to_model_tensor(image) for image, _ in pairs])  # (N, 3, H, W)
         y = torch.stack([torch.from_numpy(id_to_train_id(label).astype(np.int64)) for _, label in pairs])
         st = config.segmenter.source_train

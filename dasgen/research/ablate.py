@@ -115,9 +115,12 @@ def prepare_data(spec: AblationSpec, *, console: Console) -> Workspace:
     oracle_toy = ws.root / "oracle-toy"
     oracle_print = {"seed": spec.oracle_toy_seed, "n": config.toy.n_source, "size": [config.toy.height,
                                                                                      config.toy.width]}
+    if config.toy.thin_object_scale != 1.0:  # the shipped toy's marker stays as it was
+        oracle_print["thin_object_scale"] = config.toy.thin_object_scale
     if not _marker_matches(oracle_toy / ".ablation-oracle-toy.json", oracle_print):
         generate_toy(oracle_toy, seed=spec.oracle_toy_seed, height=config.toy.height, width=config.toy.width,
-                     n_source=0, n_target_train=0, n_target_val=config.toy.n_source)
+                     n_source=0, n_target_train=0, n_target_val=config.toy.n_source,
+                     thin_object_scale=config.toy.thin_object_scale)
         write_json(oracle_toy / ".ablation-oracle-toy.json", oracle_print)
     return ws
 

@@ -13,4 +13,5 @@ def run_toy(config: Config, *, root: Path = Path("."), out: Path | None = None, 
     t = config.toy
     return generate_toy(out or root / t.out, seed=t.seed, height=t.height, width=t.width, n_source=t.n_source,
                         n_target_train=t.n_target_train, n_target_val=t.n_target_val, progress=progress,
-                        rendering_gap=t.rendering_gap, colour_swap=t.colour_swap)
+                        rendering_gap=t.rendering_gap, colour_swap=t.colour_swap,
+                        thin_object_scale=t.thin_object_scale)

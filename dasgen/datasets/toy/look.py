@@ -191,6 +191,7 @@ def toy_sample(
     width: int = 64,
     rendering_gap: float = 1.0,
     colour_swap: bool = True,
+    thin_object_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One toy image and its labels: (uint8 (H, W, 3) RGB, uint8 (H, W) Cityscapes label ids).
 
@@ -199,17 +200,21 @@ def toy_sample(
     """
     if domain not in ("source", "target"):
         raise DasgenError(f"toy domain must be 'source' or 'target', got {domain!r}")
-    _check_size(height, width)
+    _check_geometry(height, width, thin_object_scale)
     source_look, target_look = appearance(rendering_gap, colour_swap)
-    return _sample(source_look if domain == "source" else target_look, domain, split, index, seed, height, width)
+    return _sample(source_look if domain == "source" else target_look, domain, split, index, seed, height, width,
+                   thin_object_scale)
 
 
-def _check_size(height: int, width: int) -> None:
+def _check_geometry(height: int, width: int, thin_object_scale: float = 1.0) -> None:
     if height < 8 or width < 8:
         raise DasgenError(f"toy height and width must be at least 8 pixels, got {height}x{width}")
+    if not 1.0 <= thin_object_scale <= 4.0:
+        raise DasgenError(f"toy thin_object_scale must be in [1, 4], got {thin_object_scale}")
 
 
-def _sample(look: Look, domain: str, split: str, index: int, seed: int, height: int, width: int):  # noqa: ANN202
+def _sample(look: Look, domain: str, split: str, index: int, seed: int, height: int, width: int,  # noqa: ANN202
+            thin_object_scale: float = 1.0):
     layout_rng, render_rng = sample_rngs(seed, domain, split, index)
-    scene = make_scene(layout_rng, height, width)
+    scene = make_scene(layout_rng, height, width, thin_object_scale)
     return render(scene, look, render_rng), scene.label

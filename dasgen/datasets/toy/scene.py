@@ -138,8 +138,12 @@ def _top_at(stretches: list[_Facade], z: np.ndarray) -> tuple[np.ndarray, np.nda
     return top, cls, inst
 
 
-def make_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
+def make_scene(rng: np.random.Generator, height: int, width: int, thin_object_scale: float = 1.0) -> Scene:
     """Draw one street layout of ``height`` x ``width`` pixels.
+
+    ``thin_object_scale`` widens the thin objects (poles, traffic signs, persons) by that factor, heights kept: at
+    32x64 a pole is 1-2 pixels wide where a Cityscapes pole at 256x512 is tens (toy calibration, docs/toy.md). The
+    random draws do not depend on it, so every other part of the layout is the same.
 
     Geometry: pinhole camera at height CAMERA_HEIGHT looking down a straight street; a ground point at lateral X and
     depth Z projects to x = vx + f X / Z, y = horizon + f (CAMERA_HEIGHT - h) / Z for a point h metres high.
@@ -246,7 +250,10 @@ def make_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
         x = side * (road + float(rng.uniform(0.5, max(walk - 0.4, 0.6))))
         objects.append((float(rng.uniform(NEAR, 35.0)), "person", x))
     for z, kind, x in sorted(objects, key=lambda o: -o[0]):
-        {"car": _car, "pole": _pole, "person": _person}[kind](rng, scene, z, x, f, vx)
+        if kind == "car":
+            _car(rng, scene, z, x, f, vx)
+        else:
+            {"pole": _pole, "person": _person}[kind](rng, scene, z, x, f, vx, thin_object_scale)
     return scene
 
 
@@ -281,15 +288,16 @@ def _car(rng: np.random.Generator, scene: Scene, z: float, x: float, f: float, v
     _paint_box(scene, _box(scene, z, x0 + 0.3, x1 - 0.3, 0.62 * h, 0.92 * h, f, vx), CAR, inst, z, GLASS)
 
 
-def _pole(rng: np.random.Generator, scene: Scene, z: float, x: float, f: float, vx: float) -> None:
-    """A pole; most carry a traffic sign (a plate with a white border where it is big enough) on the road side."""
+def _pole(rng: np.random.Generator, scene: Scene, z: float, x: float, f: float, vx: float, scale: float) -> None:
+    """A pole; most carry a traffic sign (a plate with a white border where it is big enough) on the road side.
+    ``scale`` widens the pole and enlarges the sign (``make_scene``'s thin_object_scale)."""
     inst = scene.add(POLE)
     h = float(rng.uniform(4.5, 7.5))
-    _paint_box(scene, _box(scene, z, x - 0.15, x + 0.15, 0.0, h, f, vx), POLE, inst, z)
+    _paint_box(scene, _box(scene, z, x - 0.15 * scale, x + 0.15 * scale, 0.0, h, f, vx), POLE, inst, z)
     if rng.random() >= 0.65:
         return
     sign = scene.add(SIGN)
-    size = float(rng.uniform(0.8, 1.2))
+    size = float(rng.uniform(0.8, 1.2)) * scale
     cx = x - np.sign(x) * float(rng.uniform(0.0, 0.4))  # towards the road
     top = h - float(rng.uniform(0.0, 1.5))
     outer = _box(scene, z - 0.05, cx - size / 2, cx + size / 2, top - size, top, f, vx)
@@ -300,11 +308,13 @@ def _pole(rng: np.random.Generator, scene: Scene, z: float, x: float, f: float, 
         _paint_box(scene, inner, SIGN, sign, z)
 
 
-def _person(rng: np.random.Generator, scene: Scene, z: float, x: float, f: float, vx: float) -> None:
-    """A pedestrian: legs, torso (clothes), head (skin)."""
+def _person(rng: np.random.Generator, scene: Scene, z: float, x: float, f: float, vx: float, scale: float) -> None:
+    """A pedestrian: legs, torso (clothes), head (skin); ``scale`` widens all three, the height is kept."""
     inst = scene.add(PERSON)
     h = float(rng.uniform(1.55, 1.9))
-    w = 0.5
-    _paint_box(scene, _box(scene, z, x - w / 2 + 0.05, x + w / 2 - 0.05, 0.0, 0.48 * h, f, vx), PERSON, inst, z, LEGS)
+    w = 0.5 * scale
+    legs = (x - w / 2 + 0.05 * scale, x + w / 2 - 0.05 * scale)
+    _paint_box(scene, _box(scene, z, *legs, 0.0, 0.48 * h, f, vx), PERSON, inst, z, LEGS)
     _paint_box(scene, _box(scene, z, x - w / 2, x + w / 2, 0.46 * h, 0.86 * h, f, vx), PERSON, inst, z)
-    _paint_box(scene, _box(scene, z, x - 0.11, x + 0.11, 0.86 * h, h, f, vx), PERSON, inst, z, SKIN)
+    head = 0.11 * scale
+    _paint_box(scene, _box(scene, z, x - head, x + head, 0.86 * h, h, f, vx), PERSON, inst, z, SKIN)

@@ -14,7 +14,7 @@ from PIL import Image
 from dasgen.errors import DasgenError
 from dasgen.labels import color_palette, id_to_color, id_to_train_id
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, is_temp_name
-from dasgen.datasets.toy.look import _check_size, _sample, appearance
+from dasgen.datasets.toy.look import _check_geometry, _sample, appearance
 from dasgen.datasets.toy.scene import CITY, TOY_CLASSES, TOY_FORMAT_VERSION, TOY_LABEL_IDS
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -81,6 +81,7 @@ def generate_toy(
     progress: bool = False,
     rendering_gap: float = 1.0,
     colour_swap: bool = True,
+    thin_object_scale: float = 1.0,
 ) -> dict:
     """Write the toy source (GTA5 layout) and target (Cityscapes layout) under ``out_dir``; return a summary.
 
@@ -96,20 +97,20 @@ def generate_toy(
             raise DasgenError(f"toy {name} must be >= 0, got {count}")
     if n_source > 99999:
         raise DasgenError(f"toy n_source must be <= 99999 (GTA5 names are 5 digits), got {n_source}")
-    _check_size(height, width)
+    _check_geometry(height, width, thin_object_scale)
     source_look, target_look = appearance(rendering_gap, colour_swap)
     out_dir = Path(out_dir)
     written: set[Path] = set()
     src = out_dir / "source"
     for i in _progress(range(n_source), progress, "toy source"):
-        image, label = _sample(source_look, "source", "train", i, seed, height, width)
+        image, label = _sample(source_look, "source", "train", i, seed, height, width, thin_object_scale)
         _write(src / "images" / f"{i + 1:05d}.png", _png(Image.fromarray(image)), written)
         _write(src / "labels" / f"{i + 1:05d}.png", _label_png(label), written)
 
     tgt = out_dir / "target"
     for split, count in (("train", n_target_train), ("val", n_target_val)):
         for i in _progress(range(count), progress, f"toy target {split}"):
-            image, label = _sample(target_look, "target", split, i, seed, height, width)
+            image, label = _sample(target_look, "target", split, i, seed, height, width, thin_object_scale)
             stem = f"{CITY}_000000_{i:06d}"
             rgb = tgt / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png"
             _write(rgb, _png(Image.fromarray(image)), written)
@@ -136,6 +137,7 @@ def generate_toy(
         "n_target_val": n_target_val,
         "rendering_gap": rendering_gap,
         "colour_swap": colour_swap,
+        "thin_object_scale": thin_object_scale,
         "classes": list(TOY_CLASSES),
         "label_ids": list(TOY_LABEL_IDS),
         "source": {"kind": "gta5", "root": "source"},

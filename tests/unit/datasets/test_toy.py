@@ -185,7 +185,8 @@ def test_target_is_noisier_and_the_gap_knob_closes_it() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"n_source": -1}, "n_source"), ({"rendering_gap": 1.5}, "rendering_gap"), ({"height": 4}, "height")],
+    [({"n_source": -1}, "n_source"), ({"rendering_gap": 1.5}, "rendering_gap"), ({"height": 4}, "height"),
+     ({"thin_object_scale": 0.5}, "thin_object_scale")],
 )
 def test_bad_arguments_name_the_knob(tmp_path: Path, kwargs: dict, key: str) -> None:
     with pytest.raises(DasgenError, match=key):
@@ -213,3 +214,18 @@ def test_readers_load_the_toy_without_bad_pairs(tmp_path: Path) -> None:
     got = list(train.iter_samples(policy="skip", on_bad=bad.append))
     assert len(got) == SMALL["n_target_train"] and all(s.label is None for s in got)
     assert bad == []
+
+
+def test_thin_object_scale_widens_only_the_thin_objects() -> None:
+    """Toy calibration (#12): thin_object_scale widens poles, signs and persons; at 1 it is the shipped toy."""
+    thin = (POLE, SIGN, PERSON)
+    shipped = samples("target", "val", 40)[1]
+    np.testing.assert_array_equal(shipped, samples("target", "val", 40, thin_object_scale=1.0)[1])
+    wide = samples("target", "val", 40, thin_object_scale=2.0)[1]
+    area = lambda labels, c: int((labels == c).sum())  # noqa: E731
+    for c in thin:
+        assert area(wide, c) > 1.3 * area(shipped, c)  # poles 1.5x (the farthest stay 1 pixel), signs 5x
+    # Everything the thin objects do not cover at either scale is the same layout (the random draws are unchanged).
+    untouched = ~np.isin(shipped, thin) & ~np.isin(wide, thin)
+    assert untouched.mean() > 0.8
+    np.testing.assert_array_equal(shipped[untouched], wide[untouched])
