@@ -90,7 +90,8 @@ def generate_toy(
     have ``gtFine/val/toytown/..._gtFine_{labelIds,labelTrainIds,color}.png``, the train images no labels (they
     are the diffusion model's unlabelled training set). Deterministic: the same arguments give the same bytes, and a
     rerun over an existing directory rewrites it to exactly that (files of other counts are removed).
-    ``out_dir/toy.json`` holds the summary, written last.
+    ``out_dir/toy.json`` holds the summary, written last. ``rendering_gap`` and ``colour_swap`` set the target's look
+    (``appearance``); ``thin_object_scale`` widens the poles, signs and persons of both domains (``make_scene``).
     """
     for name, count in (("n_source", n_source), ("n_target_train", n_target_train), ("n_target_val", n_target_val)):
         if count < 0:
