@@ -22,7 +22,7 @@ import yaml
 from dasgen.config import load_config
 from dasgen.datasets.io import to_uint8
 from dasgen.datasets.pairs import PairStore
-from dasgen.datasets.toy import generate_toy
+from dasgen.stages.toy import run_toy
 from dasgen.diffusion.schedule import evenly_spaced_steps
 from dasgen.diffusion.train import train_ddpm
 from dasgen.diffusion.unet import build_unet, load_denoiser, make_eps_fn, save_denoiser
@@ -48,8 +48,8 @@ def oracle(config, device):
     path = WORK / "oracle" / "segmenter.safetensors"
     if not path.is_file():
         toy = WORK / "oracle-toy"
-        generate_toy(toy, seed=1000, height=config.toy.height, width=config.toy.width, n_source=1, n_target_train=1,
-                     n_target_val=config.toy.n_source, progress=False, thin_object_scale=config.toy.thin_object_scale)
+        run_toy(config, out=toy, progress=False, seed=1000, n_source=1, n_target_train=1,
+                n_target_val=config.toy.n_source)
         train_oracle(config, toy, path, device=device)
     return load_segmenter(path, device=device, expect_arch=config.segmenter.arch, expect_classes=19).eval()
 

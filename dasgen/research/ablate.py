@@ -37,7 +37,6 @@ from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.datasets.registry import open_dataset
-from dasgen.datasets.toy import generate_toy
 from dasgen.diffusion.unet import WEIGHTS_NAME, load_denoiser, make_eps_fn
 from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.errors import DasgenError
@@ -113,14 +112,11 @@ def prepare_data(spec: AblationSpec, *, console: Console) -> Workspace:
         run_scan(config, ws, console=console)
         write_json(data_marker, data_print)
     oracle_toy = ws.root / "oracle-toy"
-    oracle_print = {"seed": spec.oracle_toy_seed, "n": config.toy.n_source, "size": [config.toy.height,
-                                                                                     config.toy.width]}
-    if config.toy.thin_object_scale != 1.0:  # the shipped toy's marker stays as it was
-        oracle_print["thin_object_scale"] = config.toy.thin_object_scale
+    oracle_print = {"toy": d["toy"], "oracle_toy_seed": spec.oracle_toy_seed}
     if not _marker_matches(oracle_toy / ".ablation-oracle-toy.json", oracle_print):
-        generate_toy(oracle_toy, seed=spec.oracle_toy_seed, height=config.toy.height, width=config.toy.width,
-                     n_source=0, n_target_train=0, n_target_val=config.toy.n_source,
-                     thin_object_scale=config.toy.thin_object_scale)
+        # labelled target images of another toy seed: as many as the source, with the toy's own look and geometry
+        run_toy(config, out=oracle_toy, progress=False, seed=spec.oracle_toy_seed, n_source=0, n_target_train=0,
+                n_target_val=config.toy.n_source)
         write_json(oracle_toy / ".ablation-oracle-toy.json", oracle_print)
     return ws
 
