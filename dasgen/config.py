@@ -150,6 +150,7 @@ class SGGConfig:
     # none = no guidance: PTL without SGG (Tab. 2 (b)), the one switch that turns guidance off
     max_copies_per_pass: int = knob(64, min=1)  # LCG masked copies per segmenter pass (memory budget)
     lcg_normalise: Literal["region", "image"] = "region"  # LCG CE mean over the class region | over the image
+    lcg_view: Literal["masked", "context"] = "masked"  # LCG's segmenter sees x * m_c (Eq. 6) | the whole image (deviation)
     gradient_at: Literal["x_t", "x0_hat"] = "x0_hat"  # segmenter sees x_k (paper) | the denoised estimate (deviation)
     # deviation if set: the [H, W] at which lambda is calibrated; other resolutions get the same per-pixel steps
     lambda_resolution: Optional[list[int]] = knob(None, min=1)

@@ -43,6 +43,7 @@ class Guidance:
     lambda_: float = 80.0  # lambda of Eq. 7 (Sec. 5.1: lambda = 80); params: sgg.lambda
     max_copies_per_pass: int = 64  # LCG masked copies per segmenter pass: bounds memory, not the result
     lcg_normalise: str = "region"  # LCG loss: mean over the class region (default) or over the image (sgg.py)
+    lcg_view: str = "masked"  # LCG's segmenter sees x * m_c (Eq. 6) or the whole image, step on m_c (deviation; sgg.py)
     # Where the segmenter looks: the noisy x_k (paper, Eqs. 6 and 10) or the denoised estimate x0_hat(x_k, eps)
     # (deviation, after FreeDoM / MPGD: a clean-image segmenter judges a clean-looking image; the gradient is taken
     # with respect to x0_hat and not propagated through the U-Net, so it costs what the paper's does).
@@ -66,6 +67,8 @@ class Guidance:
             raise ValueError(f"Guidance.max_step must be > 0, got {self.max_step}")
         if self.gradient_at not in ("x_t", "x0_hat"):
             raise ValueError(f"Guidance.gradient_at must be 'x_t' or 'x0_hat', got {self.gradient_at!r}")
+        if self.lcg_view not in ("masked", "context"):
+            raise ValueError(f"Guidance.lcg_view must be 'masked' or 'context', got {self.lcg_view!r}")
         object.__setattr__(self, "plan", plan)
 
 
@@ -157,7 +160,7 @@ def translate(
             if module == LCG:  # Eqs. 6-9
                 grad = lcg_gradient(guidance.segmenter, seen, labels, regions=regions,
                                     max_copies_per_pass=guidance.max_copies_per_pass, memory_format=memory_format,
-                                    normalise=guidance.lcg_normalise)
+                                    normalise=guidance.lcg_normalise, view=guidance.lcg_view)
             else:  # Eq. 10
                 grad = gsg_gradient(guidance.segmenter, seen, labels, memory_format=memory_format)
             # Eq. 7 with Sigma = beta_t; minus: a step that lowers the CE (the paper's "+" reads as descent). Under

@@ -16,6 +16,12 @@ Loss normalisation (the paper does not say; it fixes what lambda = 80 means):
 Losses of different copies/images are summed before ``autograd.grad``; since each loss depends on one image only,
 the summed gradient at image b is exactly that image's own gradient.
 
+LCG view (``sgg.lcg_view``): Eq. 6 feeds the segmenter the masked copy ``x * m_c`` (``view="masked"``, the paper),
+so it judges a class region's appearance without its surroundings. ``view="context"`` (a deviation) feeds the whole
+image and keeps the CE and the step on m_c: the per-class weighting of LCG without taking the context away. Why it is
+offered: a source-trained segmenter that sees a region alone judges it by colour, and on the toy its LCG step pushes
+the colour-swapped terrain back to the source colour (docs/results.md, per-class gains).
+
 LCG batching: the class masks m_c partition the labelled pixels and all classes share one noise draw, so Eq. 9's
 ``sum_c m_c * x_{k-1,c}`` equals ``mu - lambda * Sigma * sum_c m_c * grad_c + sqrt(Sigma) z`` on labelled pixels
 (``grad_c`` is already zero outside m_c because it flows through ``x * m_c``). Every (image, class) pair therefore
@@ -92,6 +98,7 @@ def lcg_gradient(
     regions: ClassRegions | None = None,
     memory_format: torch.memory_format | None = None,
     normalise: str = "region",
+    view: str = "masked",
 ) -> torch.Tensor:
     """LCG (Eqs. 6-9): ``sum_c m_c * grad_{x} L_local(x, y, c)``, shape of ``x`` (B, 3, H, W).
 
@@ -99,12 +106,15 @@ def lcg_gradient(
     averaged over m_c's pixels (``normalise="region"``) or summed over m_c and divided by the image's non-ignore
     pixels (``normalise="image"``). All copies of all images are run as batches of at most ``max_copies_per_pass``.
     ``regions`` (from :func:`class_regions`) may be passed to skip recomputing the class list. ``memory_format`` is
-    the layout of the segmenter's input (default :func:`preferred_memory_format`).
+    the layout of the segmenter's input (default :func:`preferred_memory_format`). ``view``: the segmenter sees
+    ``x * m_c`` (``"masked"``, Eq. 6) or the whole ``x`` (``"context"``, a deviation; the step stays on m_c).
     """
     if max_copies_per_pass < 1:
         raise ValueError(f"max_copies_per_pass must be >= 1, got {max_copies_per_pass}")
     if normalise not in ("region", "image"):
         raise ValueError(f"normalise must be 'region' or 'image', got {normalise!r}")
+    if view not in ("masked", "context"):
+        raise ValueError(f"view must be 'masked' or 'context', got {view!r}")
     if regions is None:
         regions = class_regions(labels)
     memory_format = memory_format or preferred_memory_format(x.device)
@@ -121,14 +131,23 @@ def lcg_gradient(
             label_copies = labels[image_index]  # (k, H, W)
             mask = label_copies == class_id.view(-1, 1, 1)  # (k, H, W) m_c
             target = torch.where(mask, label_copies, IGNORE_INDEX)  # (k, H, W) y * m_c, ignore elsewhere
-            masked = x_leaf[image_index] * mask.unsqueeze(1).to(x_leaf.dtype)  # (k, 3, H, W) Eq. 6: x * m_c
-            logits = segmenter(masked.contiguous(memory_format=memory_format))  # (k, C, H, W)
-            _check_logits(logits, masked)
+            copies = x_leaf[image_index]  # (k, 3, H, W)
+            if view == "masked":
+                copies = copies * mask.unsqueeze(1).to(x_leaf.dtype)  # Eq. 6: x * m_c
+            logits = segmenter(copies.contiguous(memory_format=memory_format))  # (k, C, H, W)
+            _check_logits(logits, copies)
             ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")  # (k, H, W)
             pixels = mask.sum(dim=(1, 2)) if normalise == "region" else labelled_pixels[image_index]  # (k,)
             loss_per_copy = ce.sum(dim=(1, 2)) / pixels  # (k,) mean over the class region (or the image)
-            # Sum over copies: each copy's loss depends on its own image only, so grads add up per Eq. 9.
-            (chunk_grad,) = torch.autograd.grad(loss_per_copy.sum(), x_leaf)
+            if view == "masked":
+                # Sum over copies: each copy's loss depends on its own image only, so grads add up per Eq. 9.
+                (chunk_grad,) = torch.autograd.grad(loss_per_copy.sum(), x_leaf)
+            else:
+                # The whole image is seen, so a copy's gradient reaches beyond m_c: keep its m_c part (Eq. 9 takes
+                # x_{k-1,c} on m_c only) and add the copies up per image.
+                (copy_grad,) = torch.autograd.grad(loss_per_copy.sum(), copies)
+                copy_grad = copy_grad * mask.unsqueeze(1).to(copy_grad.dtype)
+                chunk_grad = torch.zeros_like(x_leaf).index_add_(0, image_index, copy_grad)
             grad = chunk_grad if grad is None else grad.add_(chunk_grad)
     return torch.zeros_like(x) if grad is None else grad.contiguous()
 

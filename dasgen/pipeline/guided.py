@@ -22,6 +22,7 @@ def domain_guidance(config: Config, segmenter: Segmenter, n: int, n_steps: int,
     plan = guidance_plan(arrangement, n_steps, image_seed(config.run.seed, n, "plan"))
     return Guidance(segmenter=segmenter, lambda_=config.sgg.lambda_, plan=plan,
                     max_copies_per_pass=config.sgg.max_copies_per_pass, lcg_normalise=config.sgg.lcg_normalise,
+                    lcg_view=config.sgg.lcg_view,
                     gradient_at=config.sgg.gradient_at, max_step=config.sgg.max_step,
                     reference_pixels=(config.sgg.lambda_resolution[0] * config.sgg.lambda_resolution[1]
                                       if config.sgg.lambda_resolution else None))

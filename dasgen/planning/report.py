@@ -64,6 +64,8 @@ def deviations(config: Config) -> list[str]:
         notes.append(f"guidance step capped at {config.sgg.max_step} per pixel (sgg.max_step; paper: uncapped)")
     if config.sgg.lcg_normalise != "region":
         notes.append("LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)")
+    if config.sgg.lcg_view != "masked":
+        notes.append("LCG's segmenter sees the whole image, not the masked region x * m_c (sgg.lcg_view = context)")
     if config.segmenter.arch.startswith("segformer_"):
         notes.append(f"segmenter {config.segmenter.arch}: SegFormer's all-MLP decode head on the MiT encoder stands in "
                      "for DAFormer's context-aware fusion head (paper: DAFormer)")

@@ -119,6 +119,17 @@ def test_plan_names_the_image_normalised_lcg_as_a_deviation(workspace):
     assert result.exit_code == 1 and "sgg.lcg_normalise" in result.output
 
 
+def test_plan_names_the_context_lcg_as_a_deviation(workspace):
+    default = json.loads(invoke(workspace, "plan", "--json").output)["deviations"]
+    result = invoke(workspace, "--set", "sgg.lcg_view=context", "plan", "--json")
+    assert result.exit_code == 0, result.output
+    changed = json.loads(result.output)["deviations"]
+    assert [d for d in changed if d not in default] == [
+        "LCG's segmenter sees the whole image, not the masked region x * m_c (sgg.lcg_view = context)"]
+    result = invoke(workspace, "--set", "sgg.lcg_view=crop", "plan")
+    assert result.exit_code == 1 and "sgg.lcg_view" in result.output
+
+
 def test_export_and_verify_through_the_cli(workspace):
     assert invoke(workspace, "translate", "--domains", "1-2").exit_code == 0
     out = workspace / "exported"

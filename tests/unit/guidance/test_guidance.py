@@ -99,6 +99,28 @@ def test_image_normalised_lcg_weights_each_region_by_its_share_of_the_image(max_
         lcg_gradient(segmenter, x, labels, normalise="pixels")
 
 
+@pytest.mark.parametrize("max_copies", [64, 3])
+def test_context_lcg_sees_the_whole_image_and_steps_only_the_class_region(max_copies):
+    """view="context" (sgg.lcg_view): each class's CE is taken on the segmenter's output for the unmasked image, and
+    only that gradient's m_c part is kept (Eq. 9 recombines x_{k-1,c} on m_c) -- so it differs from Eq. 6's masked
+    copies wherever a region's 3x3 neighbourhood crosses into another class, and ignore pixels still get no step."""
+    segmenter = make_segmenter()
+    x, labels = make_batch()
+    expected = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        for m_c, x_b, y_c in class_copies(x, labels, b):
+            loss = F.cross_entropy(segmenter(x_b), y_c, ignore_index=IGNORE_INDEX)  # whole image seen, CE on m_c
+            (grad_c,) = torch.autograd.grad(loss, x_b)
+            expected[b] += m_c * grad_c[0]
+    context = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies, view="context")
+    masked = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies)
+    torch.testing.assert_close(context, expected, rtol=1e-5, atol=1e-7)
+    assert (context[:, :, :3, :4] == 0).all()  # the ignore patch
+    assert (context - masked).abs().max() > 1e-3  # the context changes what the segmenter judges
+    with pytest.raises(ValueError, match="view"):
+        lcg_gradient(segmenter, x, labels, view="crop")
+
+
 def test_lcg_makes_one_segmenter_pass_per_chunk():
     x, labels = make_batch()
     inner = make_segmenter()

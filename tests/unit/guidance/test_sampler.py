@@ -261,6 +261,30 @@ def test_lambda_resolution_gives_the_same_per_pixel_step_at_two_resolutions():
         assert steps["normalised"] == pytest.approx(1.0, rel=0.05), (module, steps)
 
 
+def test_context_lcg_reaches_the_sampler():
+    """Guidance.lcg_view = "context" steps with sgg.lcg_gradient(view="context"): with a segmenter that looks at
+    neighbours, one LCG step differs from the masked (Eq. 6) one and equals the manual Eq. 7 step."""
+    x0, labels = make_batch(batch=2)
+    schedule = NoiseSchedule.linear(T).truncated(1)
+    denoiser = conv_denoiser()
+    torch.manual_seed(3)  # test-local weights only
+    neighbours = torch.nn.Conv2d(3, 3, 3, padding=1).requires_grad_(False)  # logits depend on a 3x3 context
+
+    def one_step(view):
+        guidance = Guidance(segmenter=neighbours, plan=["lcg"], lambda_=1e4, lcg_view=view)  # beta_1 = 1e-4
+        return translate(x0, labels, denoiser=denoiser, schedule=schedule, generators=generators([5, 6]),
+                         guidance=guidance)
+
+    x = schedule.q_sample(x0, 0, torch.stack([torch.randn((3, 8, 12), generator=g) for g in generators([5, 6])]))
+    mean = schedule.p_mean(x, 0, denoiser(x, torch.tensor([0, 0])))
+    expected = mean - 1e4 * schedule.betas[0].float() * lcg_gradient(neighbours, x, labels, view="context")
+    context = one_step("context")
+    torch.testing.assert_close(context, expected, rtol=1e-5, atol=1e-6)
+    assert (context - one_step("masked")).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="lcg_view"):
+        Guidance(segmenter=neighbours, plan=[], lcg_view="crop")
+
+
 def test_max_step_bounds_every_pixels_guidance_step():
     x0, labels = make_batch()
     free = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], lambda_=5e6))
