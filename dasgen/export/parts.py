@@ -32,12 +32,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; exports there are not locked
-    fcntl = None  # type: ignore[assignment]
-
 from dasgen.errors import DasgenError
+from dasgen.io.lock import directory_lock
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
 from dasgen.artifact.reader import iter_domain_pngs
 from dasgen.io.paths import id_problem, is_safe_relpath, relpath_posix, resolve_inside
@@ -310,8 +306,7 @@ def locked_out_dir(out_dir: Path, protect: Mapping[Path, str]) -> Iterator[None]
     """Hold an exclusive OS lock on ``out_dir`` (created if missing) for the whole export.
 
     A second export into the same directory fails at once with one line instead of emptying the first one's work.
-    The lock is ``flock`` on the directory itself, so the kernel drops it when the holder exits or is killed: no
-    stale lock file to clean up. (Where ``fcntl`` does not exist, e.g. Windows, exports are not locked.)
+    The lock is :func:`dasgen.io.lock.directory_lock` (``flock`` on the directory: no stale lock file).
     """
     check_out_dir_location(out_dir, protect)  # before creating anything
     if out_dir.exists() and not out_dir.is_dir():
@@ -320,19 +315,9 @@ def locked_out_dir(out_dir: Path, protect: Mapping[Path, str]) -> Iterator[None]
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DasgenError(f"cannot create output directory {out_dir}: {error.strerror or error}") from None
-    if fcntl is None:
+    with directory_lock(out_dir, busy=f"{out_dir}: another dasgen export is writing into it right now; wait for it "
+                        "to finish (or stop it), then rerun"):
         yield
-        return
-    handle = os.open(out_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DasgenError(f"{out_dir}: another dasgen export is writing into it right now; wait for it to "
-                              "finish (or stop it), then rerun") from None
-        yield
-    finally:
-        os.close(handle)  # closing the descriptor releases the lock
 
 
 def finish_out_dir(out_dir: Path, manifest_name: str, text: str) -> None:

@@ -27,6 +27,7 @@ import shlex
 import shutil
 import time
 from pathlib import Path
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -61,6 +62,7 @@ from dasgen.pipeline.segmenters import new_segmenter, on_device, score_on_target
 from dasgen.stages.toy import run_toy
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
+from dasgen.io.lock import directory_lock
 from dasgen.artifact.reader import iter_domain_images
 
 
@@ -368,6 +370,28 @@ def ablate_command(spec: AblationSpec, *, seeds: list[int] | None, variants: lis
     return shlex.join(parts)
 
 
+@contextmanager
+def shared_lock(spec: AblationSpec, *, console: Console) -> Iterator[None]:
+    """Hold the lock on the spec's work tree while writing what every seed shares (toy, DDPM, round trip), so that
+    `dasgen ablate --seeds 0` and `--seeds 1` can run side by side: the second waits for the first's DDPM and then
+    finds it done, instead of training a second one into the same files."""
+    spec.out.mkdir(parents=True, exist_ok=True)
+    with directory_lock(spec.out, on_wait=lambda: console.print(
+            f"ablation: waiting for another dasgen ablate writing the shared data in {spec.out}")):
+        yield
+
+
+@contextmanager
+def seed_lock(spec: AblationSpec, seed: int) -> Iterator[None]:
+    """Hold seed ``seed``'s work tree for a whole call: a second `dasgen ablate` on the same seed stops at once with
+    one line instead of training the same g_0 and runs into the same files."""
+    seed_root = spec.out / f"seed-{seed}"
+    seed_root.mkdir(parents=True, exist_ok=True)
+    with directory_lock(seed_root, busy=f"{seed_root}: another dasgen ablate is running seed {seed} of this spec; "
+                        "wait for it, or give this one other --seeds"):
+        yield
+
+
 def run_ablation(spec: AblationSpec, *, seeds: list[int] | None = None, variants: list[str] | None = None,
                  ddpm: Path | None = None, report_only: bool = False, console: Console | None = None) -> dict:
     """Run every selected (seed, variant) not yet done -- variant-major, so each variant gets all its seeds before
@@ -377,16 +401,21 @@ def run_ablation(spec: AblationSpec, *, seeds: list[int] | None = None, variants
     command = ablate_command(spec, seeds=seeds, variants=variants, ddpm=ddpm)
     started = time.time()
     if not report_only:
-        shared = prepare_data(spec, console=console)
-        inputs = {s: prepare_seed(spec, s, shared, console=console) for s in chosen_seeds}  # needs no DDPM
-        prepare_ddpm(spec, shared, ddpm=ddpm, console=console)
-        roundtrip = ddpm_roundtrip(spec, shared, inputs[chosen_seeds[0]]["oracle"])
-        console.print(f"ablation: DDPM round trip of real target images, oracle mIoU: clean "
-                      f"{_pct(roundtrip.get('clean'))}, " + ", ".join(f"t={r['t']} {_pct(r['oracle_miou'])}"
-                                                                   for r in roundtrip.get("levels", [])))
-        for variant in chosen:
+        with ExitStack() as seeds_held:
             for seed in chosen_seeds:
-                run_variant(spec, variant, seed, shared, inputs[seed], console=console)
+                seeds_held.enter_context(seed_lock(spec, seed))
+            with shared_lock(spec, console=console):
+                shared = prepare_data(spec, console=console)
+            inputs = {s: prepare_seed(spec, s, shared, console=console) for s in chosen_seeds}  # needs no DDPM
+            with shared_lock(spec, console=console):
+                prepare_ddpm(spec, shared, ddpm=ddpm, console=console)
+                roundtrip = ddpm_roundtrip(spec, shared, inputs[chosen_seeds[0]]["oracle"])
+            console.print(f"ablation: DDPM round trip of real target images, oracle mIoU: clean "
+                          f"{_pct(roundtrip.get('clean'))}, " + ", ".join(f"t={r['t']} {_pct(r['oracle_miou'])}"
+                                                                       for r in roundtrip.get("levels", [])))
+            for variant in chosen:
+                for seed in chosen_seeds:
+                    run_variant(spec, variant, seed, shared, inputs[seed], console=console)
     report = build_report(spec, command=command, wall_s=time.time() - started)
     write_reports(spec, report)
     return report

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import write_tiny_params
 from dasgen.cli import app
-from dasgen.errors import ConfigError
+from dasgen.errors import ConfigError, DasgenError
 from dasgen.research import ablate
 from dasgen.research.ablate import load_spec, run_ablation, variant_config
 
@@ -153,3 +153,14 @@ def test_cli_ablate_selects_and_reports(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| Ours (full) |" in (tmp_path / "results" / "ablation.md").read_text()
 
+
+
+def test_a_second_ablate_on_a_running_seed_stops_at_once(tmp_path):
+    """Two `dasgen ablate` calls may split the seeds between them, not share one: the second on a held seed fails
+    with one line naming it, before writing anything (the first's seed work tree is left as it was)."""
+    spec = load_spec(write_spec(tmp_path))
+    with ablate.seed_lock(spec, 0):
+        before = sorted(p.relative_to(spec.out) for p in spec.out.rglob("*"))
+        with pytest.raises(DasgenError, match=r"seed-0: another dasgen ablate is running seed 0"):
+            run_ablation(spec, seeds=[0])
+        assert sorted(p.relative_to(spec.out) for p in spec.out.rglob("*")) == before
