@@ -9,8 +9,9 @@ colour-swapped classes, sidewalk and terrain; docs/toy.md), or elsewhere?
     python bench/experiments/per_class_gain.py ablation.yaml full wo-sgg x0-t200   # variants of the spec
     python bench/experiments/per_class_gain.py ablation.yaml full --out NAME      # docs/results/experiments/NAME.md
 
-The runs must have been made with the spec's current params (the workspaces under the spec's `out`). Writes
-docs/results/experiments/<NAME>.md and .json (NAME defaults to per-class-<spec stem>).
+The runs are read from the spec's `out` work tree; the report says whether each is the run the spec's committed
+report scored (same params sha256). Writes docs/results/experiments/<NAME>.md and .json (NAME defaults to
+per-class-<spec stem>).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import torch
 
 from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.pipeline.segmenters import score_on_target, target_val_store
-from dasgen.research.ablate import RESULT_FILE, seed_config
+from dasgen.pipeline.workspace import Workspace
+from dasgen.research.ablate import RESULT_FILE, seed_config, variant_config
+from dasgen.research.ablate_report import _mean_std
 from dasgen.research.ablate_spec import load_spec
 from dasgen.segment.checkpoint import load_segmenter
 
@@ -33,14 +36,14 @@ OUT_DIR = REPO / "docs" / "results" / "experiments"
 SWAPPED = ("sidewalk", "terrain")  # the toy's colour-swapped classes (toy.colour_swap)
 
 
-def final_segmenter(run_dir: Path, variant: str) -> Path:
-    """The segmenter a row of the ablation is judged by: g_0, the oracle, or the last domain's g_N."""
+def final_segmenter(spec, run_dir: Path, variant: str, seed: int) -> Path:
+    """The segmenter a row of the ablation is judged by: g_0, the oracle (as `dasgen ablate` writes them), or g_N."""
     if variant == "source-only":
-        return run_dir / "data" / "g0" / "segmenter.safetensors"
+        return Workspace(run_dir).segmenter_path(0)
     if variant == "oracle":
         return run_dir / "segmenter.safetensors"
-    domains = sorted(p for p in (run_dir / "data" / "domains").iterdir() if p.name.isdigit())
-    return domains[-1] / "segmenter.safetensors"
+    row = next(v for v in spec.variants if v.name == variant)
+    return Workspace(run_dir).segmenter_path(variant_config(spec, row, seed).ptl.N)
 
 
 def committed_runs(spec) -> dict[tuple[int, str], str]:
@@ -57,9 +60,9 @@ def per_class(spec_path: Path, variants: list[str]) -> dict:
     committed = committed_runs(spec)
     rows: dict[str, dict[int, dict[str, float]]] = {}
     not_in_report: list[str] = []
+    store = target_val_store(seed_config(spec, spec.seeds[0]), spec.out / "shared")  # the same for every seed
     for seed in spec.seeds:
         config = seed_config(spec, seed)
-        store = target_val_store(config, spec.out / "shared")
         for variant in ["source-only", *variants]:
             run_dir = spec.out / f"seed-{seed}" / variant
             if not (run_dir / RESULT_FILE).is_file():
@@ -67,7 +70,7 @@ def per_class(spec_path: Path, variants: list[str]) -> dict:
             recorded = json.loads((run_dir / RESULT_FILE).read_text())["params_sha256"]
             if committed.get((seed, variant)) != recorded:
                 not_in_report.append(f"seed {seed} {variant}")
-            model = load_segmenter(final_segmenter(run_dir, variant), device=device, expect_arch=config.segmenter.arch,
+            model = load_segmenter(final_segmenter(spec, run_dir, variant, seed), device=device, expect_arch=config.segmenter.arch,
                                    expect_classes=NUM_TRAIN_CLASSES)
             scored = score_on_target(model, config, device, store)
             rows.setdefault(variant, {})[seed] = {"miou": scored["miou"], **scored["per_class"]}
@@ -76,8 +79,8 @@ def per_class(spec_path: Path, variants: list[str]) -> dict:
 
 
 def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):+.1f} ± {100 * sd:.1f}"
+    mean, sd = _mean_std(values)
+    return f"{100 * mean:+.1f} ± {100 * (sd or 0.0):.1f}"
 
 
 def render(result: dict) -> str:

@@ -29,7 +29,8 @@ import torch
 
 from dasgen.diffusion.schedule import NoiseSchedule
 from dasgen.guidance.arrangement import GSG, LCG
-from dasgen.guidance.sgg import Segmenter, class_regions, gsg_gradient, lcg_gradient, preferred_memory_format
+from dasgen.guidance.sgg import (LCG_VIEWS, Segmenter, class_regions, gsg_gradient, lcg_gradient,
+                                  preferred_memory_format)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,3,H,W), timesteps (B,)) -> eps (B,3,H,W)
 
@@ -67,8 +68,8 @@ class Guidance:
             raise ValueError(f"Guidance.max_step must be > 0, got {self.max_step}")
         if self.gradient_at not in ("x_t", "x0_hat"):
             raise ValueError(f"Guidance.gradient_at must be 'x_t' or 'x0_hat', got {self.gradient_at!r}")
-        if self.lcg_view not in ("masked", "context"):
-            raise ValueError(f"Guidance.lcg_view must be 'masked' or 'context', got {self.lcg_view!r}")
+        if self.lcg_view not in LCG_VIEWS:
+            raise ValueError(f"Guidance.lcg_view must be one of {LCG_VIEWS}, got {self.lcg_view!r}")
         object.__setattr__(self, "plan", plan)
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = 255  # trainId "ignore" (docs/CONVENTIONS.md)
+LCG_VIEWS = ("masked", "context")  # what LCG's segmenter sees: x * m_c (Eq. 6) | the whole image (sgg.lcg_view)
 
 Segmenter = Callable[[torch.Tensor], torch.Tensor]
 
@@ -113,8 +114,8 @@ def lcg_gradient(
         raise ValueError(f"max_copies_per_pass must be >= 1, got {max_copies_per_pass}")
     if normalise not in ("region", "image"):
         raise ValueError(f"normalise must be 'region' or 'image', got {normalise!r}")
-    if view not in ("masked", "context"):
-        raise ValueError(f"view must be 'masked' or 'context', got {view!r}")
+    if view not in LCG_VIEWS:
+        raise ValueError(f"view must be one of {LCG_VIEWS}, got {view!r}")
     if regions is None:
         regions = class_regions(labels)
     memory_format = memory_format or preferred_memory_format(x.device)

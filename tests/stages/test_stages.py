@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from dasgen.cli import app
@@ -108,26 +109,20 @@ def test_plan_counts(workspace):
     assert report["source_scanned"] is True
 
 
-def test_plan_names_the_image_normalised_lcg_as_a_deviation(workspace):
+@pytest.mark.parametrize("key, value, bad, note", [
+    ("sgg.lcg_normalise", "image", "pixel",
+     "LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)"),
+    ("sgg.lcg_view", "context", "crop",
+     "LCG's segmenter sees the whole image, not the masked region x * m_c (sgg.lcg_view = context)"),
+])
+def test_plan_names_each_lcg_option_as_a_deviation(workspace, key, value, bad, note):
     default = json.loads(invoke(workspace, "plan", "--json").output)["deviations"]
-    result = invoke(workspace, "--set", "sgg.lcg_normalise=image", "plan", "--json")
+    result = invoke(workspace, "--set", f"{key}={value}", "plan", "--json")
     assert result.exit_code == 0, result.output
     changed = json.loads(result.output)["deviations"]
-    assert [d for d in changed if d not in default] == [
-        "LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)"]
-    result = invoke(workspace, "--set", "sgg.lcg_normalise=pixel", "plan")
-    assert result.exit_code == 1 and "sgg.lcg_normalise" in result.output
-
-
-def test_plan_names_the_context_lcg_as_a_deviation(workspace):
-    default = json.loads(invoke(workspace, "plan", "--json").output)["deviations"]
-    result = invoke(workspace, "--set", "sgg.lcg_view=context", "plan", "--json")
-    assert result.exit_code == 0, result.output
-    changed = json.loads(result.output)["deviations"]
-    assert [d for d in changed if d not in default] == [
-        "LCG's segmenter sees the whole image, not the masked region x * m_c (sgg.lcg_view = context)"]
-    result = invoke(workspace, "--set", "sgg.lcg_view=crop", "plan")
-    assert result.exit_code == 1 and "sgg.lcg_view" in result.output
+    assert [d for d in changed if d not in default] == [note]
+    result = invoke(workspace, "--set", f"{key}={bad}", "plan")
+    assert result.exit_code == 1 and key in result.output
 
 
 def test_export_and_verify_through_the_cli(workspace):
