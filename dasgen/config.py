@@ -174,7 +174,8 @@ class PTLConfig:
     N: int = knob(8, min=1)  # number of intermediate domains; paper: 600
     t_final: int = knob(100, min=1)  # noise level of the last domain t_N; paper: 600 (t_n = n)
     steps_per_domain: Optional[int] = knob(25, min=1)  # respaced reverse steps per domain; None = all t_n (paper)
-    reverse_variance: Literal["beta", "posterior"] = "beta"  # sampling noise: beta_t (paper) | beta-tilde_t
+    reverse_variance: Literal["beta", "posterior", "ddim"] = "beta"  # sampling noise: beta_t (paper) | beta-tilde_t
+    # | ddim: none, DDIM's deterministic step (deviation)
     images_per_domain: int = knob(64, min=1)  # intermediate domains translate a sample; paper: 600
     translate_batch_size: int = knob(32, min=1)  # images per U-Net / segmenter batch (no effect on results)
     image_format: Literal["png", "parquet"] = "png"  # parquet shards scale better under DVC

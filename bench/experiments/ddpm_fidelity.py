@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--model", help="an existing diffusers model dir to measure instead of training")
     parser.add_argument("--steps", type=int, default=None, help="respaced reverse steps (default: all t)")
-    parser.add_argument("--variance", default="beta", help="sampling noise: beta (paper) | posterior")
+    parser.add_argument("--variance", default="beta", help="sampling noise: beta (paper) | posterior | ddim")
     args = parser.parse_args()
     overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
     config = load_config(REPO / "params.yaml", {"run.device": "cpu", **overrides})
@@ -149,7 +149,7 @@ def table() -> None:
         cells = [f"{by_t[t]['oracle_miou']} ({by_t[t]['roughness_ratio']}x)" if t in by_t else "" for t in levels]
         overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "shipped params"
         chain = (f"{r['steps']} steps" if r.get("steps") else "all steps") + (
-            ", posterior" if r.get("variance") == "posterior" else "")
+            f", {r['variance']}" if r.get("variance", "beta") != "beta" else "")
         lines.append(f"| {r['name']} | {overrides} | {r['train_s'] and round(r['train_s'])} | {chain} | "
                      f"{r['clean']['oracle_miou']} | " + " | ".join(cells) + " |")
     (RESULTS.parent / "ddpm-fidelity.md").write_text(

@@ -107,6 +107,17 @@ class NoiseSchedule:
         alpha_bar = self._at(self.alpha_bars, t, x_t)
         return (x_t - (1.0 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
+    def ddim_mean(self, x_t: torch.Tensor, t: int | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """DDIM's deterministic step (Song et al. 2021, Eq. 12 with eta = 0), a named deviation from Eqs. 3-4:
+        x_{t-1} = sqrt(alpha_bar_{t-1}) x0_hat + sqrt(1 - alpha_bar_{t-1}) eps_theta, alpha_bar_{-1} = 1.
+
+        The noise drawn by q_sample (Eq. 2) is carried down the chain instead of being replaced by fresh draws, so
+        the reverse chain redraws less of the image at the same t. At position 0 it returns x0_hat, as Eq. 4 does."""
+        alpha_bars = self.alpha_bars
+        previous = torch.cat([torch.ones(1, dtype=alpha_bars.dtype, device=alpha_bars.device), alpha_bars[:-1]])
+        alpha_bar_prev = self._at(previous, t, x_t)
+        return alpha_bar_prev.sqrt() * self.predict_x0(x_t, t, eps) + (1.0 - alpha_bar_prev).sqrt() * eps
+
     def p_sample(self, mean: torch.Tensor, t: int, noise: torch.Tensor, variance: str = "beta") -> torch.Tensor:
         """Eqs. 3 / 8: x_{t-1} ~ N(mean, Sigma); Sigma = beta_t I (paper, ``variance="beta"``) or the posterior
         variance beta-tilde_t I (``"posterior"``, a named deviation for respaced chains). As in DDPM (Alg. 2) the last

@@ -32,6 +32,7 @@ from dasgen.guidance.arrangement import GSG, LCG
 from dasgen.guidance.sgg import (LCG_VIEWS, Segmenter, class_regions, gsg_gradient, lcg_gradient,
                                   preferred_memory_format)
 
+VARIANCES = ("beta", "posterior", "ddim")  # the reverse step's sampling noise (``translate(variance=)``)
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,3,H,W), timesteps (B,)) -> eps (B,3,H,W)
 
 
@@ -121,8 +122,9 @@ def translate(
     ``x0`` (B, 3, H, W) in [-1, 1]; ``labels`` (B, H, W) int64 trainIds, 255 = ignore (needed only with guidance);
     ``generators`` one CPU generator per image; ``on_step(i)`` is called after reverse step i (for progress bars).
     ``memory_format``: layout of the denoiser's and segmenter's inputs (default: ``preferred_memory_format``).
-    ``variance``: the sampling noise of Eqs. 3 / 8, ``"beta"`` (paper: Sigma = beta_t) or ``"posterior"``
-    (beta-tilde_t, a named deviation); the guidance step keeps lambda * beta_t either way.
+    ``variance``: the sampling noise of Eqs. 3 / 8, ``"beta"`` (paper: Sigma = beta_t), ``"posterior"``
+    (beta-tilde_t, a named deviation) or ``"ddim"`` (no sampling noise: DDIM's deterministic step replaces Eqs. 3-4,
+    a named deviation, and draws nothing after ``q_sample``); the guidance step keeps lambda * beta_t in every case.
     ``len(schedule) == 0`` is phi^0, the identity. The output is not clamped (the caller quantises with to_uint8).
     """
     n_steps = len(schedule)
@@ -131,8 +133,8 @@ def translate(
         raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
     if len(generators) != batch:
         raise ValueError(f"need one generator per image: {len(generators)} generators for {batch} images")
-    if variance not in ("beta", "posterior"):
-        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if n_steps == 0:
         return x0.clone()
     guided = guidance is not None and any(module is not None for module in guidance.plan)
@@ -154,7 +156,10 @@ def translate(
         timesteps = schedule.timestep_for_model(position, batch, x.device)  # (B,) original timestep index
         with torch.inference_mode():
             eps = denoiser(x.contiguous(memory_format=memory_format), timesteps)  # (B, 3, H, W) eps_theta(x_k, k)
-        mean = schedule.p_mean(x, position, eps)  # Eq. 4: mu_theta(x_k, k)
+        if variance == "ddim":
+            mean = schedule.ddim_mean(x, position, eps)  # DDIM, eta = 0 (deviation): the chain's next x, no noise
+        else:
+            mean = schedule.p_mean(x, position, eps)  # Eq. 4: mu_theta(x_k, k)
         module = guidance.plan[step] if guidance is not None else None
         if module is not None:
             seen = x if guidance.gradient_at == "x_t" else schedule.predict_x0(x, position, eps).clamp(-1.0, 1.0)
@@ -174,8 +179,11 @@ def translate(
             if guidance.max_step is not None:
                 step_size = step_size.clamp(-guidance.max_step, guidance.max_step)
             mean = mean - step_size
-        noise = _draw_noise(generators, image_shape, x) if position > 0 else None  # no noise at the last step
-        x = schedule.p_sample(mean, position, noise, variance)  # Eqs. 3 / 8
+        if variance == "ddim":
+            x = mean
+        else:
+            noise = _draw_noise(generators, image_shape, x) if position > 0 else None  # no noise at the last step
+            x = schedule.p_sample(mean, position, noise, variance)  # Eqs. 3 / 8
         if on_step is not None:
             on_step(step)
     return x.contiguous()

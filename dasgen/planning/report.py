@@ -52,9 +52,12 @@ def deviations(config: Config) -> list[str]:
         notes.append("U-Net forward under bf16 autocast (ptl.unet_bf16; paper: float32)")
     if config.sgg.lambda_ != 80.0:
         notes.append(f"guidance scale lambda = {config.sgg.lambda_} (paper: 80)")
-    if config.ptl.reverse_variance != "beta":
+    if config.ptl.reverse_variance == "posterior":
         notes.append("sampling noise with the posterior variance beta-tilde_t (ptl.reverse_variance = posterior; "
                      "paper: Sigma = beta_t)")
+    if config.ptl.reverse_variance == "ddim":
+        notes.append("deterministic DDIM reverse steps, no sampling noise (ptl.reverse_variance = ddim; paper: "
+                     "Eqs. 3-4 with Sigma = beta_t)")
     if config.sgg.gradient_at != "x_t":
         notes.append("guidance gradient taken at the denoised estimate x0_hat (sgg.gradient_at = x0_hat; paper: at x_k)")
     if config.sgg.lambda_resolution is not None:

@@ -114,8 +114,11 @@ def test_plan_counts(workspace):
      "LCG loss averaged over the image, not the class region (sgg.lcg_normalise = image)"),
     ("sgg.lcg_view", "context", "crop",
      "LCG's segmenter sees the whole image, not the masked region x * m_c (sgg.lcg_view = context)"),
+    ("ptl.reverse_variance", "ddim", "eta",
+     "deterministic DDIM reverse steps, no sampling noise (ptl.reverse_variance = ddim; paper: Eqs. 3-4 with "
+     "Sigma = beta_t)"),
 ])
-def test_plan_names_each_lcg_option_as_a_deviation(workspace, key, value, bad, note):
+def test_plan_names_each_sampler_option_as_a_deviation(workspace, key, value, bad, note):
     default = json.loads(invoke(workspace, "plan", "--json").output)["deviations"]
     result = invoke(workspace, "--set", f"{key}={value}", "plan", "--json")
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 
 from dasgen.diffusion.schedule import NoiseSchedule, evenly_spaced_steps
 
@@ -194,6 +194,22 @@ def test_posterior_variance_step_equals_diffusers_fixed_small(t):
     assert torch.allclose(schedule.p_sample(schedule.p_mean(x_t, t, eps), t, noise, "posterior"), prev, atol=1e-6)
     with pytest.raises(ValueError, match="variance"):
         schedule.p_sample(x_t, t, noise, "learned")
+
+
+@pytest.mark.parametrize("t", [0, 1, 10, 500, T - 1])
+def test_ddim_mean_equals_diffusers_ddim_step_with_eta_zero(t):
+    """ddim_mean (deviation) is DDIMScheduler.step with eta = 0 over all T steps, an independent implementation."""
+    schedule = NoiseSchedule.linear()
+    scheduler = DDIMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                              clip_sample=False, set_alpha_to_one=True, prediction_type="epsilon")
+    scheduler.set_timesteps(T)
+    scheduler.alphas_cumprod = schedule.alpha_bars.clone()
+    scheduler.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    x_t, eps = _randn(2, 3, 4, 6, seed=2, dtype=torch.float64), _randn(2, 3, 4, 6, seed=3, dtype=torch.float64)
+    prev = scheduler.step(eps, t, x_t, eta=0.0).prev_sample
+    assert torch.allclose(schedule.ddim_mean(x_t, t, eps), prev, atol=1e-8)
+    if t == 0:
+        assert torch.allclose(schedule.ddim_mean(x_t, 0, eps), schedule.predict_x0(x_t, 0, eps), atol=1e-10)
 
 
 def test_posterior_variance_is_close_to_beta_on_the_full_chain_and_far_below_it_when_respaced():

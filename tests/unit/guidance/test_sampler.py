@@ -229,6 +229,52 @@ def test_posterior_variance_changes_only_the_noise_scale():
         translate(x0, None, denoiser=zero, schedule=schedule, generators=generators([1, 2, 3]), variance="small")
 
 
+def test_ddim_carries_the_first_noise_draw_down_the_chain_and_draws_no_other():
+    """variance="ddim" (deviation): with the exact-noise denoiser every x_k the chain visits is q_sample(x0, k, z) for
+    the one draw z of Eq. 2 (DDIM's defining property, eta = 0); the DDPM chain replaces z with fresh draws. After
+    the run each generator has made exactly that one draw."""
+    x0, _ = make_batch()
+    schedule = NoiseSchedule.linear(T).truncated(80).respaced(evenly_spaced_steps(80, 8))
+    alpha_bars = NoiseSchedule.linear(T).alpha_bars.float()
+    first = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators([1, 2, 3])])
+    for variance, on_path in (("ddim", True), ("beta", False)):
+        seen = []
+
+        def oracle(x, t):
+            seen.append((x.clone(), int(t[0])))
+            ab = alpha_bars[t].view(-1, 1, 1, 1)
+            return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+        gens = generators([1, 2, 3])
+        out = translate(x0, None, denoiser=oracle, schedule=schedule, generators=gens, variance=variance)
+        torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
+        on_q_path = [torch.allclose(x, NoiseSchedule.linear(T).q_sample(x0, t, first), atol=1e-4) for x, t in seen]
+        assert all(on_q_path[1:]) == on_path and on_q_path[0]
+        if variance == "ddim":
+            after_one_draw = generators([1, 2, 3])
+            for g in after_one_draw:
+                torch.randn(x0.shape[1:], generator=g)
+            assert all(torch.equal(g.get_state(), h.get_state()) for g, h in zip(gens, after_one_draw))
+
+
+def test_guided_ddim_raises_segmenter_agreement():
+    x0, labels = make_batch(batch=4, seed=3)
+    n = 150
+    schedule = NoiseSchedule.linear(T).truncated(n).respaced(evenly_spaced_steps(n, 25))
+    alpha_bars = NoiseSchedule.linear(T).alpha_bars.float()
+
+    def gaussian_denoiser(x, t):
+        ab = alpha_bars[t].view(-1, 1, 1, 1)
+        return (1 - ab).sqrt() * x / (0.25 * ab + 1 - ab)
+
+    kwargs = dict(denoiser=gaussian_denoiser, schedule=schedule, variance="ddim")
+    unguided = translate(x0, labels, generators=generators([21, 22, 23, 24]), **kwargs)
+    guided = translate(x0, labels, generators=generators([21, 22, 23, 24]), **kwargs,
+                       guidance=Guidance(segmenter=colour_segmenter, plan=guidance_plan("alternate", 25),
+                                         gradient_at="x0_hat"))
+    assert pixel_agreement(guided, labels) > pixel_agreement(unguided, labels) + 0.1
+
+
 def _first_guided_step(x0, labels, guidance, seed=7):
     """x after one guided step minus x after the same step unguided: the guidance displacement (B, 3, H, W).
 
