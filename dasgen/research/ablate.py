@@ -47,7 +47,8 @@ from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.models import Segmenter
 from dasgen.segment.train import train_source
-from dasgen.research.ablate_report import RESULT_FILE, _pct, build_report, render_markdown, write_reports
+from dasgen.research.ablate_report import (RESULT_FILE, _pct, build_report, render_markdown, roundtrip_path,
+                                           write_reports)
 from dasgen.research.ablate_spec import (AblationSpec, Variant, load_spec, params,  # noqa: F401 (API)
                                        reference_fingerprint, seed_config, variant_config)
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
@@ -258,11 +259,11 @@ def train_oracle(config: Config, oracle_toy: Path, path: Path, *, device: torch.
     return model, time.time() - started
 
 
-def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, oracle_path: Path, *, images: int = 32) -> dict:
+def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, seed: int, oracle_path: Path, *, images: int = 32) -> dict:
     """How much of a REAL target image survives the shared DDPM's round trip phi^t (Sec. 4.1: noise to t by Eq. 2,
-    denoise unguided with ``ptl.steps_per_domain`` respaced steps), judged by the oracle, at every noise level the
-    variants translate to: an upper bound on the label consistency any translation to that level can keep. Cached in
-    ``shared/ddpm-roundtrip.json``."""
+    denoise unguided with ``ptl.steps_per_domain`` respaced steps), judged by seed ``seed``'s oracle at
+    ``oracle_path``, at every noise level the variants translate to: an upper bound on the label consistency any
+    translation to that level can keep. Cached in :func:`roundtrip_path`."""
     config = seed_config(spec, spec.seeds[0])
     device = resolve_device(config.run.device)
     # Every noise level of the base schedule, and the last one of any variant that changes t_N.
@@ -271,7 +272,7 @@ def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, oracle_path: Path, *, 
     fingerprint = {"diffusion_sha256": sha256_file(shared.diffusion_model / WEIGHTS_NAME),
                    "oracle_sha256": sha256_file(oracle_path), "images": images, "levels": levels,
                    "steps_per_domain": config.ptl.steps_per_domain}
-    path = shared.root / "ddpm-roundtrip.json"
+    path = roundtrip_path(shared, seed)
     if path.is_file() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
         return json.loads(path.read_text())
     store = target_val_store(config, shared.root)
@@ -283,7 +284,7 @@ def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, oracle_path: Path, *, 
     oracle = load_segmenter(oracle_path, device=device, expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     eps_fn = make_eps_fn(load_denoiser(shared.diffusion_model, device=device))
     protocol = config.segmenter.eval_protocol
-    result = {"fingerprint": fingerprint, "images": len(ids),
+    result = {"fingerprint": fingerprint, "judge_seed": seed, "images": len(ids),
               "clean": score_consistency(oracle, zip((store.get(i).image for i in ids), labels), protocol=protocol,
                                          device=device), "levels": []}
     for t in levels:
@@ -409,7 +410,8 @@ def run_ablation(spec: AblationSpec, *, seeds: list[int] | None = None, variants
             inputs = {s: prepare_seed(spec, s, shared, console=console) for s in chosen_seeds}  # needs no DDPM
             with shared_lock(spec, console=console):
                 prepare_ddpm(spec, shared, ddpm=ddpm, console=console)
-                roundtrip = ddpm_roundtrip(spec, shared, inputs[chosen_seeds[0]]["oracle"])
+                judge = chosen_seeds[0]
+                roundtrip = ddpm_roundtrip(spec, shared, judge, inputs[judge]["oracle"])
             console.print(f"ablation: DDPM round trip of real target images, oracle mIoU: clean "
                           f"{_pct(roundtrip.get('clean'))}, " + ", ".join(f"t={r['t']} {_pct(r['oracle_miou'])}"
                                                                        for r in roundtrip.get("levels", [])))

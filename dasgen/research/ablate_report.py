@@ -28,6 +28,23 @@ CSV_COLUMNS = ("seed", "variant", "label", "table", "paper_miou", "target_miou",
                "params_sha256")
 
 
+def roundtrip_path(shared: Workspace, seed: int) -> Path:
+    """Where the DDPM round trip judged by seed ``seed``'s oracle is cached. One file per judging seed: calls on
+    different ``--seeds`` run side by side, and a single shared file would be rewritten by each with its own oracle."""
+    return shared.root / f"ddpm-roundtrip-seed-{seed}.json"
+
+
+def load_roundtrip(spec: AblationSpec, shared: Workspace) -> dict | None:
+    """The DDPM round trip judged by the first of the spec's seeds that has one (without its cache fingerprint), so
+    a report does not depend on which ``--seeds`` call computed a round trip last; None when no call has."""
+    cached = [roundtrip_path(shared, s) for s in spec.seeds if roundtrip_path(shared, s).is_file()]
+    if not cached:
+        return None
+    roundtrip = json.loads(cached[0].read_text())
+    roundtrip.pop("fingerprint", None)
+    return roundtrip
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{100 * value:.1f}"
 
@@ -87,10 +104,7 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
     shared = Workspace(spec.out / "shared")
     model = shared.diffusion_model / WEIGHTS_NAME
     base = params(spec, spec.common)
-    roundtrip_path = shared.root / "ddpm-roundtrip.json"
-    roundtrip = json.loads(roundtrip_path.read_text()) if roundtrip_path.is_file() else None
-    if roundtrip:
-        roundtrip.pop("fingerprint", None)
+    roundtrip = load_roundtrip(spec, shared)
     return {"spec": os.path.relpath(spec.path), "spec_sha256": spec.sha256, "base_params": os.path.relpath(spec.base),
             "base_params_sha256": base.sha256(), "command": command, "seeds": spec.seeds, "ddpm_roundtrip": roundtrip,
             "diffusion_sha256": sha256_file(model) if model.is_file() else None, "reference_variant": reference_name,
@@ -124,7 +138,8 @@ def render_markdown(report: dict) -> str:
     minutes = report["runs_wall_s"] / 60
     roundtrip = report.get("ddpm_roundtrip")
     if roundtrip:
-        lines += ["", "DDPM round trip (what any translation can keep at best): the oracle's mIoU on "
+        judge = f"seed {roundtrip['judge_seed']}'s oracle's" if "judge_seed" in roundtrip else "the oracle's"
+        lines += ["", f"DDPM round trip (what any translation can keep at best): {judge} mIoU on "
                   f"{roundtrip['images']} real target val images is {_pct(roundtrip['clean'])} clean, "
                   + ", ".join(f"{_pct(r['oracle_miou'])} after phi^{r['t']}" for r in roundtrip["levels"])
                   + " (noised to t and denoised unguided on that domain's chain)."]

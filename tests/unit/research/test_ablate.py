@@ -13,7 +13,9 @@ from conftest import write_tiny_params
 from dasgen.cli import app
 from dasgen.errors import ConfigError, DasgenError
 from dasgen.research import ablate
+from dasgen.pipeline.workspace import Workspace
 from dasgen.research.ablate import load_spec, run_ablation, variant_config
+from dasgen.research.ablate_report import load_roundtrip, roundtrip_path
 
 SPEC = {
     "base": "params.yaml",
@@ -70,6 +72,20 @@ def test_spec_based_on_another_merges_set_and_picks_variants(tmp_path):
         load_spec(child)
 
 
+def test_the_report_takes_the_round_trip_of_the_first_spec_seed_that_has_one(tmp_path):
+    """Calls on different --seeds each cache the round trip judged by their own first seed's oracle; the report
+    reads the spec's first seed that has one, whatever order the calls ran in."""
+    spec = load_spec(write_spec(tmp_path, seeds=[0, 1, 2]))
+    shared = Workspace(spec.out / "shared")
+    assert load_roundtrip(spec, shared) is None
+    shared.root.mkdir(parents=True)
+    for seed in (2, 1):
+        roundtrip_path(shared, seed).write_text(json.dumps({"fingerprint": {"x": seed}, "judge_seed": seed}))
+    assert load_roundtrip(spec, shared) == {"judge_seed": 1}
+    roundtrip_path(shared, 0).write_text(json.dumps({"fingerprint": {}, "judge_seed": 0}))
+    assert load_roundtrip(spec, shared) == {"judge_seed": 0}
+
+
 def test_fewer_domains_get_the_same_total_finetune_budget(tmp_path):
     spec = load_spec(write_spec(tmp_path))
     full, wo_ptl, _ = spec.variants
@@ -95,6 +111,8 @@ def test_one_seed_two_variants_report_and_resume(tmp_path, tiny_workspace, monke
     assert [c["t"] for c in runs["full"]["curve"]] == [10, 20]
     assert [c["t"] for c in runs["lower-t"]["curve"]] == [5, 10]  # same g_0, lower noise levels
     assert [level["t"] for level in report["ddpm_roundtrip"]["levels"]] == [10, 20]
+    assert report["ddpm_roundtrip"]["judge_seed"] == 0 and (tmp_path / "abl" / "shared" /
+                                                           "ddpm-roundtrip-seed-0.json").is_file()
     for name in ("source-only", "full", "wo-ptl", "lower-t"):
         assert 0.0 <= float(by_name[name]["target_miou"]) <= 1.0
         assert 0.0 <= float(by_name[name]["consistency"]) <= 1.0
@@ -104,7 +122,7 @@ def test_one_seed_two_variants_report_and_resume(tmp_path, tiny_workspace, monke
     assert (full_ws / "data" / "g0").is_symlink() and (full_ws / "data" / "domains" / "002" / "index.parquet").is_file()
     markdown = (tmp_path / "results" / "ablation.md").read_text()
     for label in ("Source only", "Ours (full)", "Ours w/o PTL", "Target-trained oracle", "58.3",
-                  "dasgen ablate --spec", "DDPM round trip"):
+                  "dasgen ablate --spec", "DDPM round trip", "seed 0's oracle's mIoU"):
         assert label in markdown
     summary = {s["variant"]: s for s in report["summary"]}
     assert summary["full"]["delta_vs_g0"] == pytest.approx(float(by_name["full"]["target_miou"])
