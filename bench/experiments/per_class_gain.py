@@ -70,8 +70,8 @@ def per_class(spec_path: Path, variants: list[str]) -> dict:
             recorded = json.loads((run_dir / RESULT_FILE).read_text())["params_sha256"]
             if committed.get((seed, variant)) != recorded:
                 not_in_report.append(f"seed {seed} {variant}")
-            model = load_segmenter(final_segmenter(spec, run_dir, variant, seed), device=device, expect_arch=config.segmenter.arch,
-                                   expect_classes=NUM_TRAIN_CLASSES)
+            model = load_segmenter(final_segmenter(spec, run_dir, variant, seed), device=device,
+                                   expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
             scored = score_on_target(model, config, device, store)
             rows.setdefault(variant, {})[seed] = {"miou": scored["miou"], **scored["per_class"]}
     # Which runs are the ones the committed report scores (same params sha256): the rest were run locally since.

@@ -27,12 +27,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from dasgen.diffusion.schedule import NoiseSchedule
+from dasgen.diffusion.schedule import REVERSE_VARIANCES, NoiseSchedule
 from dasgen.guidance.arrangement import GSG, LCG
 from dasgen.guidance.sgg import (LCG_VIEWS, Segmenter, class_regions, gsg_gradient, lcg_gradient,
                                   preferred_memory_format)
 
-VARIANCES = ("beta", "posterior", "ddim")  # the reverse step's sampling noise (``translate(variance=)``)
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,3,H,W), timesteps (B,)) -> eps (B,3,H,W)
 
 
@@ -133,8 +132,8 @@ def translate(
         raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
     if len(generators) != batch:
         raise ValueError(f"need one generator per image: {len(generators)} generators for {batch} images")
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    if variance not in REVERSE_VARIANCES:
+        raise ValueError(f"variance must be one of {REVERSE_VARIANCES}, got {variance!r}")
     if n_steps == 0:
         return x0.clone()
     guided = guidance is not None and any(module is not None for module in guidance.plan)
@@ -150,16 +149,15 @@ def translate(
         labels = labels.to(x0.device, torch.int64)
         regions = class_regions(labels) if LCG in guidance.plan else None  # once: labels do not change
 
+    # DDIM (deviation) replaces Eq. 4's mean by its deterministic step and draws no noise after q_sample.
+    reverse_mean = schedule.ddim_mean if variance == "ddim" else schedule.p_mean
     image_shape = tuple(x0.shape[1:])
     x = schedule.q_sample(x0, n_steps - 1, _draw_noise(generators, image_shape, x0))  # Eq. 2: x_n
     for step, position in enumerate(range(n_steps - 1, -1, -1)):
         timesteps = schedule.timestep_for_model(position, batch, x.device)  # (B,) original timestep index
         with torch.inference_mode():
             eps = denoiser(x.contiguous(memory_format=memory_format), timesteps)  # (B, 3, H, W) eps_theta(x_k, k)
-        if variance == "ddim":
-            mean = schedule.ddim_mean(x, position, eps)  # DDIM, eta = 0 (deviation): the chain's next x, no noise
-        else:
-            mean = schedule.p_mean(x, position, eps)  # Eq. 4: mu_theta(x_k, k)
+        mean = reverse_mean(x, position, eps)  # Eq. 4: mu_theta(x_k, k) (or DDIM's step)
         module = guidance.plan[step] if guidance is not None else None
         if module is not None:
             seen = x if guidance.gradient_at == "x_t" else schedule.predict_x0(x, position, eps).clamp(-1.0, 1.0)
@@ -179,11 +177,9 @@ def translate(
             if guidance.max_step is not None:
                 step_size = step_size.clamp(-guidance.max_step, guidance.max_step)
             mean = mean - step_size
-        if variance == "ddim":
-            x = mean
-        else:
-            noise = _draw_noise(generators, image_shape, x) if position > 0 else None  # no noise at the last step
-            x = schedule.p_sample(mean, position, noise, variance)  # Eqs. 3 / 8
+        adds_noise = position > 0 and variance != "ddim"  # no noise at the last step, nor in DDIM's chain
+        noise = _draw_noise(generators, image_shape, x) if adds_noise else None
+        x = schedule.p_sample(mean, position, noise, variance)  # Eqs. 3 / 8
         if on_step is not None:
             on_step(step)
     return x.contiguous()

@@ -273,8 +273,9 @@ def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, seed: int, oracle_path
                    "oracle_sha256": sha256_file(oracle_path), "images": images, "levels": levels,
                    "steps_per_domain": config.ptl.steps_per_domain}
     path = roundtrip_path(shared, seed)
-    if path.is_file() and json.loads(path.read_text()).get("fingerprint") == fingerprint:
-        return json.loads(path.read_text())
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    if cached.get("fingerprint") == fingerprint:
+        return cached
     store = target_val_store(config, shared.root)
     if store is None:
         return {}

@@ -138,8 +138,8 @@ def render_markdown(report: dict) -> str:
     minutes = report["runs_wall_s"] / 60
     roundtrip = report.get("ddpm_roundtrip")
     if roundtrip:
-        judge = f"seed {roundtrip['judge_seed']}'s oracle's" if "judge_seed" in roundtrip else "the oracle's"
-        lines += ["", f"DDPM round trip (what any translation can keep at best): {judge} mIoU on "
+        lines += ["", f"DDPM round trip (what any translation can keep at best): seed {roundtrip['judge_seed']}'s "
+                  f"oracle's mIoU on "
                   f"{roundtrip['images']} real target val images is {_pct(roundtrip['clean'])} clean, "
                   + ", ".join(f"{_pct(r['oracle_miou'])} after phi^{r['t']}" for r in roundtrip["levels"])
                   + " (noised to t and denoised unguided on that domain's chain)."]

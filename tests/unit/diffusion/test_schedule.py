@@ -208,6 +208,7 @@ def test_ddim_mean_equals_diffusers_ddim_step_with_eta_zero(t):
     x_t, eps = _randn(2, 3, 4, 6, seed=2, dtype=torch.float64), _randn(2, 3, 4, 6, seed=3, dtype=torch.float64)
     prev = scheduler.step(eps, t, x_t, eta=0.0).prev_sample
     assert torch.allclose(schedule.ddim_mean(x_t, t, eps), prev, atol=1e-8)
+    assert schedule.p_sample(prev, t, None, "ddim") is prev  # DDIM's chain adds no noise at any step
     if t == 0:
         assert torch.allclose(schedule.ddim_mean(x_t, 0, eps), schedule.predict_x0(x_t, 0, eps), atol=1e-10)
 
