@@ -26,9 +26,13 @@ from dasgen.errors import ConfigError
 
 
 def knob(default: Any, *, min: float | None = None, max: float | None = None, key: str | None = None,
-         exclusive_min: bool = False) -> Any:
-    """A dataclass field with range metadata (and a YAML key when it differs from the Python name)."""
-    meta = {"min": min, "max": max, "key": key, "exclusive_min": exclusive_min}
+         exclusive_min: bool = False, hashed_when_off: bool = True) -> Any:
+    """A dataclass field with range metadata (and a YAML key when it differs from the Python name).
+
+    ``hashed_when_off=False`` is for an option added after runs were recorded whose default reproduces the former
+    behaviour: :meth:`Config.sha256` leaves it out while it holds that default, so the provenance of every run that
+    does not use it (exports, ablation rows) stays valid."""
+    meta = {"min": min, "max": max, "key": key, "exclusive_min": exclusive_min, "hashed_when_off": hashed_when_off}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -155,6 +159,8 @@ class SGGConfig:
     # deviation if set: the [H, W] at which lambda is calibrated; other resolutions get the same per-pixel steps
     lambda_resolution: Optional[list[int]] = knob(None, min=1)
     max_step: Optional[float] = knob(0.1, min=0.0, exclusive_min=True)  # deviation if set: cap per-pixel step
+    # deviation if set: each image's step is grad / RMS(grad) x this share of the noise std sqrt(beta_t) (lambda unused)
+    step_rms: Optional[float] = knob(None, min=0.0, exclusive_min=True, hashed_when_off=False)
 
 
 @dataclass(frozen=True)
@@ -209,8 +215,9 @@ class Config:
         return _to_dict(self)
 
     def sha256(self) -> str:
-        """Hash of the canonical JSON of every param: exports and manifests record it as provenance."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """Hash of the canonical JSON of every param: exports and manifests record it as provenance. Options marked
+        ``hashed_when_off=False`` count only when set (see :func:`knob`)."""
+        return hashlib.sha256(json.dumps(_to_dict(self, for_hash=True), sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -221,11 +228,13 @@ def _yaml_key(f: dataclasses.Field) -> str:
     return f.metadata.get("key") or f.name
 
 
-def _to_dict(obj: Any) -> Any:
+def _to_dict(obj: Any, for_hash: bool = False) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {_yaml_key(f): _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {_yaml_key(f): _to_dict(getattr(obj, f.name), for_hash) for f in dataclasses.fields(obj)
+                if not (for_hash and not f.metadata.get("hashed_when_off", True)
+                        and getattr(obj, f.name) == f.default)}
     if isinstance(obj, (list, tuple)):
-        return [_to_dict(v) for v in obj]
+        return [_to_dict(v, for_hash) for v in obj]
     return obj
 
 
@@ -385,6 +394,9 @@ def _cross_checks(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: diffusion.train.adam_betas: expected two numbers")
     if config.sgg.lambda_resolution is not None and len(config.sgg.lambda_resolution) != 2:
         raise ConfigError(f"{source}: sgg.lambda_resolution: expected [height, width] or null")
+    if config.sgg.step_rms is not None and config.sgg.lambda_resolution is not None:
+        raise ConfigError(f"{source}: sgg.step_rms: set together with sgg.lambda_resolution; both rescale the "
+                          "guidance step (an RMS-normalised step is the same at every resolution), set one")
     if config.segmenter.input_size is not None and len(config.segmenter.input_size) != 2:
         raise ConfigError(f"{source}: segmenter.input_size: expected [height, width] or null")
 

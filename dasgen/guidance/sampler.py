@@ -56,6 +56,12 @@ class Guidance:
     # per-pixel cap on the guidance step |lambda * Sigma * grad| in [-1, 1] image units (deviation if set): peers'
     # guard against single steps that paint adversarial noise (None: uncapped, the paper).
     max_step: float | None = None
+    # RMS-normalised step (deviation if set; FreeDoM rescales its energy gradient to the RMS of the classifier-free
+    # correction): each image's step is grad / RMS(grad) times this share of the sampling noise's std sqrt(beta_t),
+    # so every guided step moves an image by the same amount relative to the noise, whatever the loss's scale
+    # (region or image mean, resolution, how far g already agrees). lambda and reference_pixels then play no part;
+    # the cap still applies. None: lambda * beta_t * grad (the paper).
+    step_rms: float | None = None
 
     def __post_init__(self) -> None:
         plan = tuple(self.plan)
@@ -66,6 +72,10 @@ class Guidance:
             raise ValueError(f"Guidance.reference_pixels must be >= 1, got {self.reference_pixels}")
         if self.max_step is not None and not self.max_step > 0:
             raise ValueError(f"Guidance.max_step must be > 0, got {self.max_step}")
+        if self.step_rms is not None and not self.step_rms > 0:
+            raise ValueError(f"Guidance.step_rms must be > 0, got {self.step_rms}")
+        if self.step_rms is not None and self.reference_pixels is not None:
+            raise ValueError("Guidance.step_rms and Guidance.reference_pixels both rescale the step; set one")
         if self.gradient_at not in ("x_t", "x0_hat"):
             raise ValueError(f"Guidance.gradient_at must be 'x_t' or 'x0_hat', got {self.gradient_at!r}")
         if self.lcg_view not in LCG_VIEWS:
@@ -95,6 +105,13 @@ def _draw_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], l
         # Pinned staging + non_blocking: the copy is queued without a host/device sync in the loop.
         return noise.pin_memory().to(like.device, dtype=like.dtype, non_blocking=True)
     return noise.to(like.device, dtype=like.dtype)
+
+
+def rms_normalised(grad: torch.Tensor) -> torch.Tensor:
+    """Each image's gradient (B, C, H, W) divided by its root mean square over the image; an all-zero gradient
+    (nothing to guide) stays zero."""
+    rms = grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()  # (B, 1, 1, 1)
+    return grad / rms.clamp_min(torch.finfo(grad.dtype).tiny)
 
 
 def _schedule_on(schedule: NoiseSchedule, device: torch.device) -> NoiseSchedule:
@@ -171,7 +188,11 @@ def translate(
             # respacing beta_t is the step's beta' (it spans several original steps, so the summed guidance over the
             # chain matches the full chain's). LCG's grad is sum_c m_c grad_c: Eq. 9's recombination of the per-class
             # guided means, exact because the masks partition the image and share one noise draw (sgg.py).
-            step_size = guidance.lambda_ * schedule.sigma(position, mean) * grad
+            sigma = schedule.sigma(position, mean)
+            if guidance.step_rms is not None:  # deviation: the step's RMS is a fixed share of the noise std
+                step_size = guidance.step_rms * sigma.sqrt() * rms_normalised(grad)
+            else:
+                step_size = guidance.lambda_ * sigma * grad
             if guidance.reference_pixels is not None:  # per-pixel steps as at the reference resolution
                 step_size = step_size * (x.shape[-2] * x.shape[-1] / guidance.reference_pixels)
             if guidance.max_step is not None:

@@ -23,7 +23,7 @@ def domain_guidance(config: Config, segmenter: Segmenter, n: int, n_steps: int,
     return Guidance(segmenter=segmenter, lambda_=config.sgg.lambda_, plan=plan,
                     max_copies_per_pass=config.sgg.max_copies_per_pass, lcg_normalise=config.sgg.lcg_normalise,
                     lcg_view=config.sgg.lcg_view,
-                    gradient_at=config.sgg.gradient_at, max_step=config.sgg.max_step,
+                    gradient_at=config.sgg.gradient_at, max_step=config.sgg.max_step, step_rms=config.sgg.step_rms,
                     reference_pixels=(config.sgg.lambda_resolution[0] * config.sgg.lambda_resolution[1]
                                       if config.sgg.lambda_resolution else None))
 

@@ -63,6 +63,9 @@ def deviations(config: Config) -> list[str]:
     if config.sgg.lambda_resolution is not None:
         h, w = config.sgg.lambda_resolution
         notes.append(f"guidance steps scaled to lambda's resolution {h}x{w} (sgg.lambda_resolution; paper: none)")
+    if config.sgg.step_rms is not None:
+        notes.append(f"guidance step RMS-normalised to {config.sgg.step_rms} x sqrt(beta_t) per image, lambda unused "
+                     "(sgg.step_rms; paper: lambda * beta_t * grad)")
     if config.sgg.max_step is not None:
         notes.append(f"guidance step capped at {config.sgg.max_step} per pixel (sgg.max_step; paper: uncapped)")
     if config.sgg.lcg_normalise != "region":

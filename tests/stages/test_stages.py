@@ -117,6 +117,9 @@ def test_plan_counts(workspace):
     ("ptl.reverse_variance", "ddim", "eta",
      "deterministic DDIM reverse steps, no sampling noise (ptl.reverse_variance = ddim; paper: Eqs. 3-4 with "
      "Sigma = beta_t)"),
+    ("sgg.step_rms", "0.2", "0",
+     "guidance step RMS-normalised to 0.2 x sqrt(beta_t) per image, lambda unused (sgg.step_rms; paper: "
+     "lambda * beta_t * grad)"),
 ])
 def test_plan_names_each_sampler_option_as_a_deviation(workspace, key, value, bad, note):
     default = json.loads(invoke(workspace, "plan", "--json").output)["deviations"]

@@ -297,14 +297,16 @@ def test_lambda_resolution_gives_the_same_per_pixel_step_at_two_resolutions():
                        small_labels.repeat_interleave(2, 1).repeat_interleave(2, 2))
     for module in ("gsg", "lcg"):
         steps = {}
-        for name, ref in (("paper", None), ("normalised", 8 * 12)):
-            guidance = Guidance(segmenter=colour_segmenter, plan=[module], reference_pixels=ref, lambda_=1e4)
+        for name, ref, rms in (("paper", None, None), ("normalised", 8 * 12, None), ("rms", None, 5.0)):
+            guidance = Guidance(segmenter=colour_segmenter, plan=[module], reference_pixels=ref, lambda_=1e4,
+                                step_rms=rms)
             small_step = _first_guided_step(small, small_labels, guidance)
             big_step = _first_guided_step(big, big_labels, guidance)
             big_as_small = big_step.reshape(1, 3, 8, 2, 12, 2).mean(dim=(3, 5))  # (1, 3, 8, 12)
             steps[name] = float(big_as_small.abs().mean() / small_step.abs().mean())
         assert steps["paper"] == pytest.approx(0.25, rel=0.05), (module, steps)
         assert steps["normalised"] == pytest.approx(1.0, rel=0.05), (module, steps)
+        assert steps["rms"] == pytest.approx(1.0, rel=0.05), (module, steps)
 
 
 def test_context_lcg_reaches_the_sampler():
@@ -342,3 +344,34 @@ def test_max_step_bounds_every_pixels_guidance_step():
     assert torch.allclose(capped[small], free[small], atol=1e-6)
     with pytest.raises(ValueError, match="max_step"):
         Guidance(segmenter=colour_segmenter, plan=[], max_step=0.0)
+
+
+@pytest.mark.parametrize("module", ["lcg", "gsg"])
+def test_step_rms_sets_each_images_step_to_a_share_of_the_noise_std(module):
+    """With step_rms the guidance displacement of each image has RMS step_rms * sqrt(beta) whatever lambda and the
+    loss's scale; an image whose label is all ignore (nothing to guide) is not moved."""
+    x0, labels = make_batch(batch=3)
+    labels[2] = IGNORE_INDEX
+    for lambda_ in (1.0, 1e4):
+        step = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=[module], lambda_=lambda_,
+                                                       step_rms=2.0))
+        rms = step.pow(2).mean(dim=(1, 2, 3)).sqrt()
+        assert rms[:2].tolist() == pytest.approx([2.0 * 1e-3] * 2, rel=1e-3)  # beta = 1e-6: sqrt(beta) = 1e-3
+        assert rms[2] == 0
+    paper = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=[module], lambda_=1.0))
+    assert paper.pow(2).mean(dim=(1, 2, 3)).sqrt()[0] < 1e-3 * 2.0 / 10  # without it lambda = 1 barely moves x
+
+
+def test_step_rms_keeps_the_direction_and_the_cap():
+    x0, labels = make_batch(batch=2)
+    paper = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], lambda_=1e4))
+    rms = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], step_rms=50.0))
+    cosine = F.cosine_similarity(paper.flatten(1), rms.flatten(1))
+    assert cosine.min() > 0.999  # the same direction, another length
+    capped = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], step_rms=50.0,
+                                                     max_step=0.02))
+    assert rms.abs().max() > 0.02 and capped.abs().max() <= 0.02 + 1e-6
+    with pytest.raises(ValueError, match="step_rms"):
+        Guidance(segmenter=colour_segmenter, plan=[], step_rms=0.0)
+    with pytest.raises(ValueError, match="reference_pixels"):
+        Guidance(segmenter=colour_segmenter, plan=[], step_rms=1.0, reference_pixels=96)
