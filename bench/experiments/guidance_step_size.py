@@ -75,6 +75,8 @@ def main() -> None:
     g.requires_grad_(False)
     chain = domain_chain(config, n)
     guidance = domain_guidance(config, g, n, len(chain))
+    if guidance is None:
+        parser.error("sgg.arrangement is none: there is no guidance step to measure")
     record: list[tuple[str, torch.Tensor]] = []
     recorded_gradients(record)
     t = domain_noise_levels(config.ptl)[n - 1]
@@ -83,7 +85,9 @@ def main() -> None:
                       **sampler_options(config))
     cap = config.sgg.max_step
     steps, share = [], {"lcg": [], "gsg": []}
-    for step, ((module, grad), position) in enumerate(zip(record, range(len(chain) - 1, -1, -1))):
+    guided = [(step, position) for step, position in enumerate(range(len(chain) - 1, -1, -1))
+              if guidance.plan[step] is not None]  # reverse steps that took a gradient, in order
+    for (module, grad), (step, position) in zip(record, guided, strict=True):
         beta = float(chain.betas[position])
         if config.sgg.step_rms is not None:
             raw = config.sgg.step_rms * beta ** 0.5 * sampler.rms_normalised(grad)
