@@ -33,6 +33,8 @@ def knob(default: Any, *, min: float | None = None, max: float | None = None, ke
     behaviour: :meth:`Config.sha256` leaves it out while it holds that default, so the provenance of every run that
     does not use it (exports, ablation rows) stays valid."""
     meta = {"min": min, "max": max, "key": key, "exclusive_min": exclusive_min, "hashed_when_off": hashed_when_off}
+    if not hashed_when_off and isinstance(default, (list, dict)):
+        raise TypeError("hashed_when_off=False needs a scalar default (null, a number, a string)")
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -214,10 +216,16 @@ class Config:
         """The config as plain YAML-able data, with YAML key names (``lambda``, not ``lambda_``)."""
         return _to_dict(self)
 
+    def hashed_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the options marked ``hashed_when_off=False`` that hold their default (see
+        :func:`knob`): what every fingerprint and hash of the params is built from, so adding such an option keeps
+        recorded runs and finished domains valid."""
+        return _to_dict(self, for_hash=True)
+
     def sha256(self) -> str:
-        """Hash of the canonical JSON of every param: exports and manifests record it as provenance. Options marked
-        ``hashed_when_off=False`` count only when set (see :func:`knob`)."""
-        return hashlib.sha256(json.dumps(_to_dict(self, for_hash=True), sort_keys=True).encode()).hexdigest()
+        """Hash of the canonical JSON of every param (:meth:`hashed_dict`): exports and manifests record it as
+        provenance."""
+        return hashlib.sha256(json.dumps(self.hashed_dict(), sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -89,11 +90,8 @@ def main() -> None:
               if guidance.plan[step] is not None]  # reverse steps that took a gradient, in order
     for (module, grad), (step, position) in zip(record, guided, strict=True):
         beta = float(chain.betas[position])
-        if config.sgg.step_rms is not None:
-            raw = config.sgg.step_rms * beta ** 0.5 * sampler.rms_normalised(grad)
-        else:
-            raw = config.sgg.lambda_ * beta * grad
-        capped = raw if cap is None else raw.clamp(-cap, cap)
+        raw = sampler.guidance_step(replace(guidance, max_step=None), torch.tensor(beta), grad)  # before the cap
+        capped = sampler.guidance_step(guidance, torch.tensor(beta), grad)  # what the sampler subtracts
         rms = lambda s: float(s.pow(2).mean(dim=(1, 2, 3)).sqrt().mean())  # noqa: E731
         row = {"step": step, "position": position, "module": module, "beta": round(beta, 5),
                "rms_raw": round(rms(raw), 4), "rms_capped": round(rms(capped), 4),

@@ -57,8 +57,9 @@ class Guidance:
     # guard against single steps that paint adversarial noise (None: uncapped, the paper).
     max_step: float | None = None
     # RMS-normalised step (deviation if set; FreeDoM rescales its energy gradient to the RMS of the classifier-free
-    # correction): each image's step is grad / RMS(grad) times this share of the sampling noise's std sqrt(beta_t),
-    # so every guided step moves an image by the same amount relative to the noise, whatever the loss's scale
+    # correction): each image's step is grad / RMS(grad) times this share of sqrt(beta_t) (the std of the paper's
+    # sampling noise, Sigma = beta_t, whatever ptl.reverse_variance draws), so every guided step moves an image by the
+    # same amount relative to the noise, whatever the loss's scale
     # (region or image mean, resolution, how far g already agrees). lambda and reference_pixels then play no part;
     # the cap still applies. None: lambda * beta_t * grad (the paper).
     step_rms: float | None = None
@@ -109,9 +110,31 @@ def _draw_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], l
 
 def rms_normalised(grad: torch.Tensor) -> torch.Tensor:
     """Each image's gradient (B, C, H, W) divided by its root mean square over the image; an all-zero gradient
-    (nothing to guide) stays zero."""
+    (nothing to guide) stays zero. A vanishing gradient (squares below float32's range) has its RMS taken after
+    scaling by its largest entry, so it still comes out with RMS 1. By design the result does not shrink as the segmenter comes to agree."""
+    tiny = torch.finfo(grad.dtype).tiny
     rms = grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()  # (B, 1, 1, 1)
-    return grad / rms.clamp_min(torch.finfo(grad.dtype).tiny)
+    largest = grad.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)  # (B, 1, 1, 1)
+    rescaled_rms = (grad / largest).pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() * largest
+    # The direct RMS wherever its squares are far from underflow (the usual case, computed as it always was).
+    rms = torch.where(rms > 1e-15, rms, rescaled_rms)
+    return grad / rms.clamp_min(tiny)
+
+
+def guidance_step(guidance: Guidance, beta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The step subtracted from the reverse mean (Eq. 7): ``lambda * beta_t * grad`` (paper; beta_t is Sigma), or the
+    RMS-normalised ``step_rms * sqrt(beta_t) * grad / RMS(grad)`` (``step_rms``, deviation); then scaled to lambda's
+    resolution (``reference_pixels``, deviation) and capped per pixel (``max_step``, deviation). ``beta``
+    broadcastable to ``grad`` (B, C, H, W)."""
+    if guidance.step_rms is not None:
+        step = guidance.step_rms * beta.sqrt() * rms_normalised(grad)
+    else:
+        step = guidance.lambda_ * beta * grad
+    if guidance.reference_pixels is not None:  # per-pixel steps as at the reference resolution
+        step = step * (grad.shape[-2] * grad.shape[-1] / guidance.reference_pixels)
+    if guidance.max_step is not None:
+        step = step.clamp(-guidance.max_step, guidance.max_step)
+    return step
 
 
 def _schedule_on(schedule: NoiseSchedule, device: torch.device) -> NoiseSchedule:
@@ -140,7 +163,8 @@ def translate(
     ``memory_format``: layout of the denoiser's and segmenter's inputs (default: ``preferred_memory_format``).
     ``variance``: the sampling noise of Eqs. 3 / 8, ``"beta"`` (paper: Sigma = beta_t), ``"posterior"``
     (beta-tilde_t, a named deviation) or ``"ddim"`` (no sampling noise: DDIM's deterministic step replaces Eqs. 3-4,
-    a named deviation, and draws nothing after ``q_sample``); the guidance step keeps lambda * beta_t in every case.
+    a named deviation, and draws nothing after ``q_sample``); the guidance step (:func:`guidance_step`) uses beta_t
+    whichever noise is drawn.
     ``len(schedule) == 0`` is phi^0, the identity. The output is not clamped (the caller quantises with to_uint8).
     """
     n_steps = len(schedule)
@@ -186,18 +210,10 @@ def translate(
                 grad = gsg_gradient(guidance.segmenter, seen, labels, memory_format=memory_format)
             # Eq. 7 with Sigma = beta_t; minus: a step that lowers the CE (the paper's "+" reads as descent). Under
             # respacing beta_t is the step's beta' (it spans several original steps, so the summed guidance over the
-            # chain matches the full chain's). LCG's grad is sum_c m_c grad_c: Eq. 9's recombination of the per-class
+            # chain matches the full chain's; not so for step_rms, whose sqrt(beta') makes a value hold for one chain
+            # length only). LCG's grad is sum_c m_c grad_c: Eq. 9's recombination of the per-class
             # guided means, exact because the masks partition the image and share one noise draw (sgg.py).
-            sigma = schedule.sigma(position, mean)
-            if guidance.step_rms is not None:  # deviation: the step's RMS is a fixed share of the noise std
-                step_size = guidance.step_rms * sigma.sqrt() * rms_normalised(grad)
-            else:
-                step_size = guidance.lambda_ * sigma * grad
-            if guidance.reference_pixels is not None:  # per-pixel steps as at the reference resolution
-                step_size = step_size * (x.shape[-2] * x.shape[-1] / guidance.reference_pixels)
-            if guidance.max_step is not None:
-                step_size = step_size.clamp(-guidance.max_step, guidance.max_step)
-            mean = mean - step_size
+            mean = mean - guidance_step(guidance, schedule.sigma(position, mean), grad)
         adds_noise = position > 0 and variance != "ddim"  # no noise at the last step, nor in DDIM's chain
         noise = _draw_noise(generators, image_shape, x) if adds_noise else None
         x = schedule.p_sample(mean, position, noise, variance)  # Eqs. 3 / 8

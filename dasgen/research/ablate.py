@@ -106,7 +106,7 @@ def prepare_data(spec: AblationSpec, *, console: Console) -> Workspace:
     """The shared workspace's data: the toy, the scanned source pairs and the oracle's toy (skipped when done)."""
     config = params(spec, spec.common)
     ws = Workspace(spec.out / "shared")
-    d = config.to_dict()
+    d = config.hashed_dict()
     data_marker = ws.data / ".ablation-data.json"
     data_print = {"toy": d["toy"], "data": d["data"]}
     if not _marker_matches(data_marker, data_print) or not ws.source_pairs.is_file():
@@ -129,7 +129,7 @@ def prepare_ddpm(spec: AblationSpec, ws: Workspace, *, ddpm: Path | None, consol
     trained with the base params. A kept DDPM trained here with other diffusion params is retrained. Returns its sha256.
     """
     config = params(spec, spec.common)
-    d = config.to_dict()
+    d = config.hashed_dict()
     model_file = ws.diffusion_model / WEIGHTS_NAME
     marker = ws.diffusion_dir / ".ablation-ddpm.json"
     trained_print = {"diffusion": d["diffusion"], "seed": config.run.seed, "resolution": d["data"]["resolution"],

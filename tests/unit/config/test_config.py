@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from dasgen.config import Config, config_from_dict, load_config
+from dasgen.config import Config, config_from_dict, knob, load_config
 from dasgen.pipeline.chains import domain_noise_levels
 from dasgen.errors import ConfigError
 
@@ -87,6 +87,9 @@ def test_an_option_added_off_leaves_the_hash_of_runs_that_do_not_use_it():
     assert config.sha256() == hashlib.sha256(json.dumps(without, sort_keys=True).encode()).hexdigest()
     assert config_from_dict({"sgg": {"step_rms": 0.2}}).sha256() != config.sha256()
     assert config_from_dict({"sgg": {"max_step": None}}).sha256() != config.sha256()  # other options: always hashed
+    assert config.hashed_dict()["sgg"] == without["sgg"]  # what fingerprints are built from
+    with pytest.raises(TypeError, match="scalar default"):  # a list default could never compare equal: refused
+        knob([1, 2], hashed_when_off=False)
 
 
 def test_step_rms_and_lambda_resolution_are_refused_together(tmp_path):

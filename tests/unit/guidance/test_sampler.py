@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dasgen.diffusion.schedule import NoiseSchedule, evenly_spaced_steps
 from dasgen.guidance.arrangement import guidance_plan
-from dasgen.guidance.sampler import Guidance, translate
+from dasgen.guidance.sampler import Guidance, rms_normalised, translate
 from dasgen.guidance.sgg import IGNORE_INDEX, gsg_gradient, lcg_gradient
 
 T = 1000
@@ -352,9 +352,9 @@ def test_step_rms_sets_each_images_step_to_a_share_of_the_noise_std(module):
     loss's scale; an image whose label is all ignore (nothing to guide) is not moved."""
     x0, labels = make_batch(batch=3)
     labels[2] = IGNORE_INDEX
-    for lambda_ in (1.0, 1e4):
+    for lambda_, normalise in ((1.0, "region"), (1e4, "region"), (1.0, "image")):
         step = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=[module], lambda_=lambda_,
-                                                       step_rms=2.0))
+                                                       lcg_normalise=normalise, step_rms=2.0))
         rms = step.pow(2).mean(dim=(1, 2, 3)).sqrt()
         assert rms[:2].tolist() == pytest.approx([2.0 * 1e-3] * 2, rel=1e-3)  # beta = 1e-6: sqrt(beta) = 1e-3
         assert rms[2] == 0
@@ -375,3 +375,12 @@ def test_step_rms_keeps_the_direction_and_the_cap():
         Guidance(segmenter=colour_segmenter, plan=[], step_rms=0.0)
     with pytest.raises(ValueError, match="reference_pixels"):
         Guidance(segmenter=colour_segmenter, plan=[], step_rms=1.0, reference_pixels=96)
+
+
+def test_rms_normalised_survives_a_vanishing_gradient():
+    """A gradient whose squares underflow float32 (1e-25 everywhere) still comes out with RMS 1, not blown up."""
+    grad = torch.full((2, 3, 4, 5), 1e-25)
+    grad[1] = torch.linspace(-1e-30, 1e-30, 60).view(3, 4, 5)
+    unit = rms_normalised(grad)
+    assert unit.pow(2).mean(dim=(1, 2, 3)).sqrt().tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
+    assert torch.equal(rms_normalised(torch.zeros(1, 3, 2, 2)), torch.zeros(1, 3, 2, 2))
