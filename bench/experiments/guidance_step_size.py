@@ -1,8 +1,8 @@
 """Experiment (#12): how large is the guidance step, per reverse step and per module (LCG / GSG)?
 
 Translates the first source images of one ablation run's workspace over its last domain's chain (t_N, the respaced
-steps, the pipeline's per-image noise), guided by a segmenter of that run (default g_{N-1}, as the last domain is), and records every guidance
-gradient. For each reverse step: the RMS of the step over each image (mean over images) before and after the
+steps, the pipeline's per-image noise), guided by a segmenter of that run (default g_{N-1}, as the last domain is),
+and records every guidance gradient. For each reverse step: the RMS of the step over each image (mean over images) before and after the
 per-pixel cap, the share of pixels the cap clips, and the largest uncapped step; and per module the capped RMS as a
 share of the noise std sqrt(beta_t) -- the scale `sgg.step_rms` sets directly. Asked because the step that Eq. 7
 gives depends on how the loss is reduced (region / image mean), on the resolution and on how far g already agrees.
@@ -53,6 +53,11 @@ def recorded_gradients(record: list[tuple[str, torch.Tensor]]) -> None:
         setattr(sampler, name, wrapped)
 
 
+def rms(step: torch.Tensor) -> float:
+    """The RMS of a step over each image, averaged over the images."""
+    return float(step.pow(2).mean(dim=(1, 2, 3)).sqrt().mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("name")
@@ -88,11 +93,11 @@ def main() -> None:
     steps, share = [], {"lcg": [], "gsg": []}
     guided = [(step, position) for step, position in enumerate(range(len(chain) - 1, -1, -1))
               if guidance.plan[step] is not None]  # reverse steps that took a gradient, in order
+    uncapped = replace(guidance, max_step=None)
     for (module, grad), (step, position) in zip(record, guided, strict=True):
         beta = float(chain.betas[position])
-        raw = sampler.guidance_step(replace(guidance, max_step=None), torch.tensor(beta), grad)  # before the cap
-        capped = sampler.guidance_step(guidance, torch.tensor(beta), grad)  # what the sampler subtracts
-        rms = lambda s: float(s.pow(2).mean(dim=(1, 2, 3)).sqrt().mean())  # noqa: E731
+        sigma = chain.sigma(position, grad)  # the Sigma the sampler passes
+        raw, capped = sampler.guidance_step(uncapped, sigma, grad), sampler.guidance_step(guidance, sigma, grad)
         row = {"step": step, "position": position, "module": module, "beta": round(beta, 5),
                "rms_raw": round(rms(raw), 4), "rms_capped": round(rms(capped), 4),
                "share_capped": round(float((raw.abs() > cap).float().mean()) if cap else 0.0, 4),

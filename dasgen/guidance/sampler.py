@@ -59,9 +59,8 @@ class Guidance:
     # RMS-normalised step (deviation if set; FreeDoM rescales its energy gradient to the RMS of the classifier-free
     # correction): each image's step is grad / RMS(grad) times this share of sqrt(beta_t) (the std of the paper's
     # sampling noise, Sigma = beta_t, whatever ptl.reverse_variance draws), so every guided step moves an image by the
-    # same amount relative to the noise, whatever the loss's scale
-    # (region or image mean, resolution, how far g already agrees). lambda and reference_pixels then play no part;
-    # the cap still applies. None: lambda * beta_t * grad (the paper).
+    # same amount relative to the noise whatever the loss's scale (region or image mean, resolution, how far g already
+    # agrees). lambda and reference_pixels then play no part; the cap still applies. None: lambda * beta_t * grad.
     step_rms: float | None = None
 
     def __post_init__(self) -> None:
@@ -111,12 +110,14 @@ def _draw_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], l
 def rms_normalised(grad: torch.Tensor) -> torch.Tensor:
     """Each image's gradient (B, C, H, W) divided by its root mean square over the image; an all-zero gradient
     (nothing to guide) stays zero. A vanishing gradient (squares below float32's range) has its RMS taken after
-    scaling by its largest entry, so it still comes out with RMS 1. By design the result does not shrink as the segmenter comes to agree."""
+    scaling by its largest entry, so it still comes out with RMS 1. By design the result does not shrink as the
+    segmenter comes to agree."""
     tiny = torch.finfo(grad.dtype).tiny
     rms = grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()  # (B, 1, 1, 1)
     largest = grad.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)  # (B, 1, 1, 1)
     rescaled_rms = (grad / largest).pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() * largest
-    # The direct RMS wherever its squares are far from underflow (the usual case, computed as it always was).
+    # The direct RMS wherever its squares stay clear of float32's underflow (squares of entries below ~1e-19 vanish),
+    # so the usual case is computed exactly as the ablation runs computed it.
     rms = torch.where(rms > 1e-15, rms, rescaled_rms)
     return grad / rms.clamp_min(tiny)
 

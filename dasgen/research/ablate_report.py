@@ -37,10 +37,10 @@ def roundtrip_path(shared: Workspace, seed: int) -> Path:
 def load_roundtrip(spec: AblationSpec, shared: Workspace) -> dict | None:
     """The DDPM round trip judged by the first of the spec's seeds that has one (without its cache fingerprint), so
     a report does not depend on which ``--seeds`` call computed a round trip last; None when no call has."""
-    cached = [roundtrip_path(shared, s) for s in spec.seeds if roundtrip_path(shared, s).is_file()]
-    if not cached:
+    first = next((path for path in (roundtrip_path(shared, s) for s in spec.seeds) if path.is_file()), None)
+    if first is None:
         return None
-    roundtrip = json.loads(cached[0].read_text())
+    roundtrip = json.loads(first.read_text())
     roundtrip.pop("fingerprint", None)
     return roundtrip
 

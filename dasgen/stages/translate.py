@@ -97,9 +97,7 @@ def image_consistency(pred: torch.Tensor, label: torch.Tensor) -> float:
 def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
     """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh."""
     d = config.hashed_dict()  # an option added off leaves the fingerprint of finished domains unchanged
-    ptl = dict(d["ptl"])
-    for key in ("translate_batch_size", "domains_per_stage"):
-        ptl.pop(key)
+    ptl = {k: v for k, v in d["ptl"].items() if k not in ("translate_batch_size", "domains_per_stage")}
     writer_of_g = "dasgen train-g0" if n == 1 else f"dasgen translate --domain {n - 1}"
     return {
         "n": n,
