@@ -2,8 +2,8 @@
 
 Translates the first source images of one ablation run's workspace over its last domain's chain (t_N, the respaced
 steps, the pipeline's per-image noise), guided by a segmenter of that run (default g_{N-1}, as the last domain is),
-and records every guidance gradient. For each reverse step: the RMS of the step over each image (mean over images) before and after the
-per-pixel cap, the share of pixels the cap clips, and the largest uncapped step; and per module the capped RMS as a
+and records every guidance gradient. For each reverse step: the RMS of the step over each image (mean over images)
+before and after the per-pixel cap, the share of pixels the cap clips, and the largest uncapped step; and per module the capped RMS as a
 share of the noise std sqrt(beta_t) -- the scale `sgg.step_rms` sets directly. Asked because the step that Eq. 7
 gives depends on how the loss is reduced (region / image mean), on the resolution and on how far g already agrees.
 
