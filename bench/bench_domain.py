@@ -49,8 +49,8 @@ from dasgen.config import load_config  # noqa: E402
 from dasgen.diffusion.schedule import NoiseSchedule, evenly_spaced_steps  # noqa: E402
 from dasgen.diffusion.unet import build_unet, make_eps_fn  # noqa: E402
 from dasgen.guidance.arrangement import guidance_plan  # noqa: E402
-from dasgen.guidance.sampler import Guidance, translate  # noqa: E402
-from dasgen.guidance.sgg import class_regions, lcg_gradient  # noqa: E402
+from dasgen.guidance.sampler import translate  # noqa: E402
+from dasgen.guidance.sgg import Guidance, class_regions, lcg_gradient  # noqa: E402
 from dasgen.segment.models import build_segmenter  # noqa: E402
 from dasgen.segment.train import cross_entropy, finetune, make_optimizer  # noqa: E402
 
@@ -157,10 +157,10 @@ def bench_config(name: str, args, device: torch.device) -> dict:
     guidance = Guidance(segmenter=segmenter, plan=guidance_plan("alternate", len(schedule)),
                         lambda_=config.sgg.lambda_, max_copies_per_pass=config.sgg.max_copies_per_pass)
     generators = [torch.Generator().manual_seed(b) for b in range(batch)]
-    translate(x, labels, denoiser=eps_fn, schedule=schedule.truncated(1), generators=generators,
-              guidance=Guidance(segmenter=segmenter, plan=["lcg"]))  # warm-up
+    translate(x, denoiser=eps_fn, schedule=schedule.truncated(1), generators=generators,
+              guide=Guidance(segmenter=segmenter, plan=["lcg"]).for_labels(labels))  # warm-up
     start = time.perf_counter()
-    translate(x, labels, denoiser=eps_fn, schedule=schedule, generators=generators, guidance=guidance)
+    translate(x, denoiser=eps_fn, schedule=schedule, generators=generators, guide=guidance.for_labels(labels))
     translate_s = time.perf_counter() - start
 
     # fine-tune: L_ada + L_src, Supp. C augmentation, the params' optimiser

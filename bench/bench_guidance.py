@@ -46,8 +46,8 @@ from dasgen.diffusion.schedule import NoiseSchedule
 from dasgen.diffusion.unet import build_unet, make_eps_fn
 from dasgen.guidance.arrangement import guidance_plan
 from dasgen.datasets.io import to_uint8
-from dasgen.guidance.sampler import Guidance, autocast_denoiser, translate
-from dasgen.guidance.sgg import IGNORE_INDEX, class_regions, gsg_gradient, lcg_gradient
+from dasgen.guidance.sampler import autocast_denoiser, translate
+from dasgen.guidance.sgg import IGNORE_INDEX, Guidance, class_regions, gsg_gradient, lcg_gradient
 from dasgen.segment.models import build_segmenter
 
 CONFIGS = {
@@ -167,7 +167,7 @@ def guided_step_time(segmenter, eps_fn, x, labels, arrangement: str, max_copies:
 
     memory = PeakMemory(device)
     with memory.measure():
-        translate(x, labels, denoiser=eps_fn, schedule=schedule, generators=generators, guidance=guidance,
+        translate(x, denoiser=eps_fn, schedule=schedule, generators=generators, guide=guidance.for_labels(labels),
                   on_step=on_step)
     return stamps[1] - stamps[0], memory.peak_mib
 
@@ -312,7 +312,7 @@ def speedups_config(name: str, args, device: torch.device) -> dict:
     outputs = []
     for fn in (eps_fn, bf16_fn):
         generators = [torch.Generator().manual_seed(b) for b in range(batch)]
-        out = translate(x, labels, denoiser=fn, schedule=schedule, generators=generators, guidance=guidance)
+        out = translate(x, denoiser=fn, schedule=schedule, generators=generators, guide=guidance.for_labels(labels))
         outputs.append(torch.stack([torch.from_numpy(to_uint8(img.cpu())) for img in out]).int())
     differ = (outputs[0] - outputs[1]).abs()
     row["bf16_translate_steps"] = len(schedule)

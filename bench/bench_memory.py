@@ -153,7 +153,8 @@ def guided_step_worker(copies: int, size: tuple[int, int]) -> dict:
     from dasgen.diffusion.schedule import NoiseSchedule
     from dasgen.diffusion.unet import build_unet, make_eps_fn
     from dasgen.guidance.arrangement import guidance_plan
-    from dasgen.guidance.sampler import Guidance, translate
+    from dasgen.guidance.sampler import translate
+    from dasgen.guidance.sgg import Guidance
     from dasgen.labels import NUM_TRAIN_CLASSES
     from dasgen.segment.models import build_segmenter
 
@@ -171,8 +172,8 @@ def guided_step_worker(copies: int, size: tuple[int, int]) -> dict:
     for arrangement in ("gsg-only", "lcg-only"):  # GSG first: its peak is below LCG's, so VmHWM after it is its own
         guidance = Guidance(segmenter=segmenter, plan=guidance_plan(arrangement, 1), max_copies_per_pass=copies)
         started = time.perf_counter()
-        translate(x, labels, denoiser=eps_fn, schedule=schedule, generators=[torch.Generator().manual_seed(0)],
-                  guidance=guidance)
+        translate(x, denoiser=eps_fn, schedule=schedule, generators=[torch.Generator().manual_seed(0)],
+                  guide=guidance.for_labels(labels))
         name = arrangement.split("-")[0]
         result[f"{name}_step_s"] = round(time.perf_counter() - started, 1)
         result[f"{name}_peak_rss_mib"] = round(rss_mib("VmHWM"), 1)

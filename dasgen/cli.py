@@ -255,6 +255,28 @@ def evaluate(
 
 @app.command()
 @handles_errors
+def calibrate(
+    images: Annotated[int, typer.Option("--images", min=1, help="Source images to translate (K).")] = 8,
+    domain: Annotated[Optional[int], typer.Option("--domain", min=1, help="Domain whose chain to run (default: N).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Before a long run: how large is the guidance step? Runs a domain's guided chain on K source images with the
+    DDPM and the newest judge, and reports per module (LCG, GSG) the step over the noise std, the share the cap clips,
+    a verdict (inert / ok / explosive), the lambda that would reach the target step, and label consistency guided vs
+    unguided."""
+    from dasgen.commands.calibrate import render_calibration, run_calibrate
+
+    result = run_calibrate(State.config(), State.ws(), images=images, domain=domain)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for line in render_calibration(result):
+            out.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handles_errors
 def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     source_images: Annotated[Optional[int], typer.Option("--source-images", min=1,

@@ -26,15 +26,9 @@ from dasgen.errors import ConfigError
 
 
 def knob(default: Any, *, min: float | None = None, max: float | None = None, key: str | None = None,
-         exclusive_min: bool = False, hashed_when_off: bool = True) -> Any:
-    """A dataclass field with range metadata (and a YAML key when it differs from the Python name).
-
-    ``hashed_when_off=False`` is for an option added after runs were recorded whose default reproduces the former
-    behaviour: :meth:`Config.sha256` leaves it out while it holds that default, so the provenance of every run that
-    does not use it (exports, ablation rows) stays valid."""
-    meta = {"min": min, "max": max, "key": key, "exclusive_min": exclusive_min, "hashed_when_off": hashed_when_off}
-    if not hashed_when_off and isinstance(default, (list, dict)):
-        raise TypeError("hashed_when_off=False needs a scalar default (null, a number, a string)")
+         exclusive_min: bool = False) -> Any:
+    """A dataclass field with range metadata (and a YAML key when it differs from the Python name)."""
+    meta = {"min": min, "max": max, "key": key, "exclusive_min": exclusive_min}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -145,6 +139,9 @@ class SegmenterConfig:
     input_size: Optional[list[int]] = None  # resize inside the segmenter (e.g. [512, 1024]); None = as given
     weights: Optional[str] = None  # local .safetensors initial weights (e.g. ImageNet backbone); never downloaded
     eval_protocol: Literal[19, 16, 13] = 19  # 19 for GTA5, 16 (or 13) for SYNTHIA
+    # BatchNorm layers while g trains: train (statistics updated) | frozen (statistics and affine fixed, as DeepLab-V2
+    # in domain-adaptive segmentation code; needs pretrained statistics). docs/guidance.md, "The judge's BatchNorm"
+    batchnorm: Literal["train", "frozen"] = "train"
     source_train: SourceTrainConfig = section(SourceTrainConfig)
 
 
@@ -155,14 +152,11 @@ class SGGConfig:
                          "none"] = "alternate"  # Tab. 5: alternate is best; lcg-only/gsg-only for Tab. 2 (e)/(d),
     # none = no guidance: PTL without SGG (Tab. 2 (b)), the one switch that turns guidance off
     max_copies_per_pass: int = knob(64, min=1)  # LCG masked copies per segmenter pass (memory budget)
-    lcg_normalise: Literal["region", "image"] = "region"  # LCG CE mean over the class region | over the image
-    lcg_view: Literal["masked", "context"] = "masked"  # LCG's segmenter sees x * m_c (Eq. 6) | the whole image (deviation)
+    # how the pixel cross-entropies become a module's loss: mean (LCG over the class region, GSG over the image) |
+    # sum (log p(y | x) of independent pixels; a lambda then means the same at every resolution). docs/guidance.md
+    loss_reduction: Literal["mean", "sum"] = "mean"
     gradient_at: Literal["x_t", "x0_hat"] = "x0_hat"  # segmenter sees x_k (paper) | the denoised estimate (deviation)
-    # deviation if set: the [H, W] at which lambda is calibrated; other resolutions get the same per-pixel steps
-    lambda_resolution: Optional[list[int]] = knob(None, min=1)
     max_step: Optional[float] = knob(0.1, min=0.0, exclusive_min=True)  # deviation if set: cap per-pixel step
-    # deviation if set: each image's step is grad / RMS(grad) x this share of the noise std sqrt(beta_t) (lambda unused)
-    step_rms: Optional[float] = knob(None, min=0.0, exclusive_min=True, hashed_when_off=False)
 
 
 @dataclass(frozen=True)
@@ -182,8 +176,6 @@ class PTLConfig:
     N: int = knob(8, min=1)  # number of intermediate domains; paper: 600
     t_final: int = knob(100, min=1)  # noise level of the last domain t_N; paper: 600 (t_n = n)
     steps_per_domain: Optional[int] = knob(25, min=1)  # respaced reverse steps per domain; None = all t_n (paper)
-    reverse_variance: Literal["beta", "posterior", "ddim"] = "beta"  # sampling noise: beta_t (paper) | beta-tilde_t
-    # | ddim: none, DDIM's deterministic step (deviation)
     images_per_domain: int = knob(64, min=1)  # intermediate domains translate a sample; paper: 600
     translate_batch_size: int = knob(32, min=1)  # images per U-Net / segmenter batch (no effect on results)
     image_format: Literal["png", "parquet"] = "png"  # parquet shards scale better under DVC
@@ -217,10 +209,8 @@ class Config:
         return _to_dict(self)
 
     def hashed_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the options marked ``hashed_when_off=False`` that hold their default (see
-        :func:`knob`): what every fingerprint and hash of the params is built from, so adding such an option keeps
-        recorded runs and finished domains valid."""
-        return _to_dict(self, for_hash=True)
+        """What every fingerprint and hash of the params is built from."""
+        return _to_dict(self)
 
     def sha256(self) -> str:
         """Hash of the canonical JSON of every param (:meth:`hashed_dict`): exports and manifests record it as
@@ -236,13 +226,11 @@ def _yaml_key(f: dataclasses.Field) -> str:
     return f.metadata.get("key") or f.name
 
 
-def _to_dict(obj: Any, for_hash: bool = False) -> Any:
+def _to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {_yaml_key(f): _to_dict(getattr(obj, f.name), for_hash) for f in dataclasses.fields(obj)
-                if not (for_hash and not f.metadata.get("hashed_when_off", True)
-                        and getattr(obj, f.name) == f.default)}
+        return {_yaml_key(f): _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
-        return [_to_dict(v, for_hash) for v in obj]
+        return [_to_dict(v) for v in obj]
     return obj
 
 
@@ -400,11 +388,6 @@ def _cross_checks(config: Config, source: str) -> None:
                           f"({config.ptl.t_final}); the DDPM must learn every noise level the domains use")
     if len(d.train.adam_betas) != 2:
         raise ConfigError(f"{source}: diffusion.train.adam_betas: expected two numbers")
-    if config.sgg.lambda_resolution is not None and len(config.sgg.lambda_resolution) != 2:
-        raise ConfigError(f"{source}: sgg.lambda_resolution: expected [height, width] or null")
-    if config.sgg.step_rms is not None and config.sgg.lambda_resolution is not None:
-        raise ConfigError(f"{source}: sgg.step_rms: set together with sgg.lambda_resolution; both rescale the "
-                          "guidance step (an RMS-normalised step is the same at every resolution), set one")
     if config.segmenter.input_size is not None and len(config.segmenter.input_size) != 2:
         raise ConfigError(f"{source}: segmenter.input_size: expected [height, width] or null")
 

@@ -93,7 +93,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--model", help="an existing diffusers model dir to measure instead of training")
     parser.add_argument("--steps", type=int, default=None, help="respaced reverse steps (default: all t)")
-    parser.add_argument("--variance", default="beta", help="sampling noise: beta (paper) | posterior | ddim")
     args = parser.parse_args()
     overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
     config = load_config(REPO / "params.yaml", {"run.device": "cpu", **overrides})
@@ -116,14 +115,14 @@ def main() -> None:
     reference_rough = float(np.mean([roughness(i) for i in clean]))
     miou, per_class = judge(judge_model, clean, labels)
     result = {"name": args.name, "overrides": overrides, "train_s": train_s, "images": len(ids),
-              "model": str(model_dir), "steps": args.steps, "variance": args.variance,
+              "model": str(model_dir), "steps": args.steps,
               "clean": {"oracle_miou": round(miou * 100, 1), "per_class": per_class}, "levels": []}
     for t in [int(v) for v in args.levels.split(",")]:
         started = time.time()
         chain = base_schedule(config).truncated(t)
         if args.steps and args.steps < t:
             chain = chain.respaced(evenly_spaced_steps(t, args.steps))
-        out_images = translate(x0, None, denoiser=eps_fn, schedule=chain, variance=args.variance,
+        out_images = translate(x0, denoiser=eps_fn, schedule=chain,
                                generators=[image_generator(0, t, i) for i in ids])
         images = [to_uint8(x) for x in out_images]
         miou, per_class = judge(judge_model, images, labels)

@@ -30,7 +30,7 @@ from dasgen.seeding import image_generator
 from dasgen.pipeline.image_quality import roughness
 from dasgen.pipeline.chains import base_schedule
 from dasgen.pipeline.common import load_source_pairs, source_reader
-from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.guided import domain_guidance
 from dasgen.pipeline.segmenters import target_val_store
 from dasgen.pipeline.workspace import Workspace
 
@@ -76,8 +76,8 @@ def main() -> None:
         chain = chain.respaced(evenly_spaced_steps(args.t, args.steps))
     guidance = domain_guidance(config, g, 1, len(chain))
     started = time.time()
-    out = translate(x0, labels, denoiser=eps_fn, schedule=chain, guidance=guidance,
-                    generators=[image_generator(0, args.t, i) for i in ids], **sampler_options(config))
+    out = translate(x0, denoiser=eps_fn, schedule=chain, guide=None if guidance is None else guidance.for_labels(labels),
+                    generators=[image_generator(0, args.t, i) for i in ids])
     images = [to_uint8(x) for x in out]
     reference = float(np.mean([roughness(store_image) for store_image in
                                (target_val_store(config, REPO).get(e.id).image

@@ -34,7 +34,7 @@ from dasgen.pipeline.image_quality import roughness
 from dasgen.pipeline.chains import base_schedule
 from dasgen.pipeline.common import load_source_pairs, source_reader
 from dasgen.pipeline.augment import augment_settings
-from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.guided import domain_guidance
 from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 
@@ -61,8 +61,9 @@ def translated(args, config, store, ids) -> np.ndarray:
     for start in range(0, len(ids), 32):
         batch = ids[start:start + 32]
         x0, labels = store.batch(batch)
-        result = translate(x0, labels, denoiser=eps_fn, schedule=chain, guidance=guidance,
-                           generators=[image_generator(0, args.t, i) for i in batch], **sampler_options(config))
+        result = translate(x0, denoiser=eps_fn, schedule=chain,
+                           guide=None if guidance is None else guidance.for_labels(labels),
+                           generators=[image_generator(0, args.t, i) for i in batch])
         out.extend(to_uint8(x) for x in result)
         print(f"translated {start + len(batch)}/{len(ids)}", flush=True)
     images = np.stack(out)

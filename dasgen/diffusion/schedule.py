@@ -18,9 +18,6 @@ from typing import Sequence
 import torch
 
 
-REVERSE_VARIANCES = ("beta", "posterior", "ddim")  # sampling noise of a reverse step (NoiseSchedule.p_sample)
-
-
 @dataclass(frozen=True)
 class NoiseSchedule:
     """Betas and their products for a (possibly respaced) DDPM chain; positions are 0-based."""
@@ -46,12 +43,6 @@ class NoiseSchedule:
     def alpha_bars(self) -> torch.Tensor:
         """alpha_bar_t = prod_{s<=t} alpha_s (Eq. 2)."""
         return torch.cumprod(self.alphas, dim=0)
-
-    @property
-    def alpha_bars_prev(self) -> torch.Tensor:
-        """alpha_bar_{t-1} at each position, with alpha_bar before the first step = 1 (DDPM Eq. 7, DDIM Eq. 12)."""
-        alpha_bars = self.alpha_bars
-        return torch.cat([torch.ones(1, dtype=alpha_bars.dtype, device=alpha_bars.device), alpha_bars[:-1]])
 
     def respaced(self, keep: Sequence[int]) -> "NoiseSchedule":
         """Schedule over the kept positions only (guided-diffusion respacing); betas recomputed from alpha_bar.
@@ -103,39 +94,17 @@ class NoiseSchedule:
         """Sigma_theta = beta_t I (Sec. 5.1, DDPM's fixed variance), broadcastable to ``like``."""
         return self._at(self.betas, t, like)
 
-    def posterior_variance(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """beta-tilde_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t): the variance of q(x_{t-1} | x_t, x_0)
-        (DDPM Eq. 7, its "fixed small" choice). Equal to beta_t up to O(beta) on the full chain; much smaller than
-        the respaced beta' when a step jumps many original steps. 0 at position 0."""
-        return self._at(self.betas * (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars), t, like)
-
     def predict_x0(self, x_t: torch.Tensor, t: int | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Eq. 2 solved for x_0: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
         alpha_bar = self._at(self.alpha_bars, t, x_t)
         return (x_t - (1.0 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
-    def ddim_mean(self, x_t: torch.Tensor, t: int | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """DDIM's deterministic step (Song et al. 2021, Eq. 12 with eta = 0), a named deviation from Eqs. 3-4:
-        x_{t-1} = sqrt(alpha_bar_{t-1}) x0_hat + sqrt(1 - alpha_bar_{t-1}) eps_theta, alpha_bar_{-1} = 1.
-
-        The noise drawn by q_sample (Eq. 2) is carried down the chain instead of being replaced by fresh draws, so
-        the reverse chain redraws less of the image at the same t. At position 0 it returns x0_hat, as Eq. 4 does."""
-        alpha_bar_prev = self._at(self.alpha_bars_prev, t, x_t)
-        return alpha_bar_prev.sqrt() * self.predict_x0(x_t, t, eps) + (1.0 - alpha_bar_prev).sqrt() * eps
-
-    def p_sample(self, mean: torch.Tensor, t: int, noise: torch.Tensor | None,
-                 variance: str = "beta") -> torch.Tensor:
-        """Eqs. 3 / 8: x_{t-1} ~ N(mean, Sigma); Sigma = beta_t I (paper, ``variance="beta"``) or the posterior
-        variance beta-tilde_t I (``"posterior"``, a named deviation for respaced chains); ``"ddim"`` adds no noise
-        (``mean`` is then :meth:`ddim_mean`'s deterministic step). As in DDPM (Alg. 2) the last step (position 0)
-        adds no noise."""
-        if t == 0 or variance == "ddim":
+    def p_sample(self, mean: torch.Tensor, t: int, noise: torch.Tensor | None) -> torch.Tensor:
+        """Eqs. 3 / 8: x_{t-1} = mean + sqrt(Sigma) z with Sigma = beta_t I (Sec. 5.1, DDPM's fixed variance); as in
+        DDPM (Alg. 2) the last step (position 0) adds no noise."""
+        if t == 0:
             return mean
-        if variance == "beta":
-            return mean + self.sigma(t, mean).sqrt() * noise
-        if variance == "posterior":
-            return mean + self.posterior_variance(t, mean).sqrt() * noise
-        raise ValueError(f"variance must be one of {REVERSE_VARIANCES}, got {variance!r}")
+        return mean + self.sigma(t, mean).sqrt() * noise
 
     def timestep_for_model(self, t: int, batch: int, device: torch.device | str) -> torch.Tensor:
         """The original timestep the denoiser is conditioned on at position ``t``, as a (batch,) int64 tensor."""

@@ -1,61 +1,55 @@
-"""Semantic Gradient Guidance gradients (paper Sec. 4.2): LCG (Eqs. 6-9) and GSG (Eq. 10).
+"""Semantic Gradient Guidance (paper Sec. 4.2): LCG (Eqs. 6-9), GSG (Eq. 10), and the guidance function that the
+sampler is given (:class:`Guidance`).
 
-Each function returns the gradient that shifts the reverse-step mean, ``mu_hat = mu - lambda * Sigma * grad``
+Each gradient function returns the gradient that shifts the reverse-step mean, ``mu_hat = mu - lambda * Sigma * grad``
 (Eq. 7 read as a step that *decreases* the cross-entropy, as in classifier guidance towards the label). The segmenter
 is injected, the way guided-diffusion's sampler receives ``cond_fn``: any callable ``segmenter(x) -> logits
 (B, C, H, W)`` that takes ``x`` in [-1, 1] and does its own normalisation/resizing in torch. It must treat images
 independently (e.g. BatchNorm in eval mode) so that guidance is batch-invariant.
 
-Loss normalisation (the paper does not say; it fixes what lambda = 80 means):
-- LCG: cross-entropy *mean over the class region's pixels*, one loss per (image, class) copy (``normalise="region"``,
-  the default). A region of 3 pixels then gets ~700x the per-pixel step of GSG on a 32x64 image, which at high noise
-  can blow small regions into adversarial noise (README "Deviations"). ``normalise="image"`` divides each region's
-  summed CE by the image's labelled pixels instead, so LCG steps every pixel as hard as GSG does (a named option,
-  ``sgg.lcg_normalise``).
-- GSG: cross-entropy *mean over the image's non-ignore pixels*, one loss per image.
+Loss reduction (``reduction``, params ``sgg.loss_reduction``; the paper does not say, and it fixes what lambda = 80
+means -- docs/guidance.md):
+- ``"mean"``: LCG's cross-entropy averaged over the class region's pixels (one loss per (image, class) copy), GSG's
+  over the image's labelled pixels. The per-pixel gradient then shrinks as 1 / pixels: the same lambda is a 64x
+  smaller step at 256x512 than at 32x64.
+- ``"sum"``: the cross-entropy summed over the region (LCG) or the image (GSG): log p(y | x) of a label map of
+  independent pixels, the quantity classifier guidance (Dhariwal & Nichol) steps along. Its per-pixel gradient does
+  not shrink with the image, so a lambda keeps its meaning across resolutions.
 Losses of different copies/images are summed before ``autograd.grad``; since each loss depends on one image only,
 the summed gradient at image b is exactly that image's own gradient.
-
-LCG view (``sgg.lcg_view``): Eq. 6 feeds the segmenter the masked copy ``x * m_c`` (``view="masked"``, the paper),
-so it judges a class region's appearance without its surroundings. ``view="context"`` (a deviation) feeds the whole
-image and keeps the CE and the step on m_c: the per-class weighting of LCG without taking the context away. Why it is
-offered: a source-trained segmenter that sees a region alone judges it by colour, and on the toy its LCG step pushes
-the colour-swapped terrain back to the source colour (docs/results.md, per-class gains).
 
 LCG batching: the class masks m_c partition the labelled pixels and all classes share one noise draw, so Eq. 9's
 ``sum_c m_c * x_{k-1,c}`` equals ``mu - lambda * Sigma * sum_c m_c * grad_c + sqrt(Sigma) z`` on labelled pixels
 (``grad_c`` is already zero outside m_c because it flows through ``x * m_c``). Every (image, class) pair therefore
-goes through the segmenter as one batch of masked copies (chunked to ``max_copies_per_pass``), and
-:func:`lcg_gradient` returns ``sum_c grad_c``. Pixels labelled ignore (255) belong to no m_c and get zero guidance.
+goes through the segmenter as one batch of masked copies, ``max_copies_per_pass`` copies at a time counted across the
+whole image batch, and :func:`lcg_gradient` returns ``sum_c grad_c``. Pixels labelled ignore (255) belong to no m_c
+and get zero guidance.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from dasgen.guidance.arrangement import GSG, LCG
+from dasgen.guidance.sampler import GuidanceFn, ReverseStep, preferred_memory_format
+
 IGNORE_INDEX = 255  # trainId "ignore" (docs/CONVENTIONS.md)
-LCG_VIEWS = ("masked", "context")  # what LCG's segmenter sees: x * m_c (Eq. 6) | the whole image (sgg.lcg_view)
+LOSS_REDUCTIONS = ("mean", "sum")  # how a module's pixel cross-entropies become its loss (sgg.loss_reduction)
+GRADIENT_AT = ("x_t", "x0_hat")  # what the segmenter judges: x_k (Eqs. 6, 10) or the denoised estimate (deviation)
 
 Segmenter = Callable[[torch.Tensor], torch.Tensor]
-
-
-def preferred_memory_format(device: torch.device) -> torch.memory_format:
-    """The layout to feed convolutions on ``device``: channels-last on CPU, where oneDNN's convolutions run about
-    1.3x faster in NHWC for both the toy nets and ResNet-50 (bench/RESULTS.md); the default layout elsewhere (not
-    measured on a GPU here). The layout changes speed and the last float bits, never the maths."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 @dataclass(frozen=True)
 class ClassRegions:
     """The LCG copies of a label batch: copy k is class ``class_id[k]`` of image ``image_index[k]`` (Eq. 6's m_c).
 
-    Labels do not change during a translation, so the sampler builds this once (it needs one host sync, for
-    ``torch.unique``) and reuses it at every LCG step.
+    Labels do not change during a translation, so the guidance builds this once per batch (it needs one host sync,
+    for ``torch.unique``) and reuses it at every LCG step.
     """
 
     image_index: torch.Tensor  # (K,) int64, on the labels' device
@@ -82,6 +76,11 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.clone() if tensor.is_inference() else tensor
 
 
+def _check_reduction(reduction: str) -> None:
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+
+
 def _check_logits(logits: torch.Tensor, like: torch.Tensor) -> None:
     if logits.ndim != 4 or logits.shape[0] != like.shape[0] or logits.shape[-2:] != like.shape[-2:]:
         raise ValueError(
@@ -98,24 +97,19 @@ def lcg_gradient(
     max_copies_per_pass: int = 64,
     regions: ClassRegions | None = None,
     memory_format: torch.memory_format | None = None,
-    normalise: str = "region",
-    view: str = "masked",
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """LCG (Eqs. 6-9): ``sum_c m_c * grad_{x} L_local(x, y, c)``, shape of ``x`` (B, 3, H, W).
 
     ``L_local`` (Eq. 6) is the cross-entropy of ``segmenter(x * m_c)`` against ``y`` on m_c (ignore elsewhere),
-    averaged over m_c's pixels (``normalise="region"``) or summed over m_c and divided by the image's non-ignore
-    pixels (``normalise="image"``). All copies of all images are run as batches of at most ``max_copies_per_pass``.
-    ``regions`` (from :func:`class_regions`) may be passed to skip recomputing the class list. ``memory_format`` is
-    the layout of the segmenter's input (default :func:`preferred_memory_format`). ``view``: the segmenter sees
-    ``x * m_c`` (``"masked"``, Eq. 6) or the whole ``x`` (``"context"``, a deviation; the step stays on m_c).
+    averaged over m_c's pixels (``reduction="mean"``) or summed over them (``"sum"``). All copies of all images are run
+    as batches of at most ``max_copies_per_pass``. ``regions`` (from :func:`class_regions`) may be passed to skip
+    recomputing the class list. ``memory_format`` is the layout of the segmenter's input (default
+    :func:`~dasgen.guidance.sampler.preferred_memory_format`).
     """
     if max_copies_per_pass < 1:
         raise ValueError(f"max_copies_per_pass must be >= 1, got {max_copies_per_pass}")
-    if normalise not in ("region", "image"):
-        raise ValueError(f"normalise must be 'region' or 'image', got {normalise!r}")
-    if view not in LCG_VIEWS:
-        raise ValueError(f"view must be one of {LCG_VIEWS}, got {view!r}")
+    _check_reduction(reduction)
     if regions is None:
         regions = class_regions(labels)
     memory_format = memory_format or preferred_memory_format(x.device)
@@ -124,7 +118,6 @@ def lcg_gradient(
     with torch.inference_mode(False), torch.enable_grad():
         x_leaf = x.detach().clone().requires_grad_(True)
         labels, all_images, all_classes = _plain(labels), _plain(regions.image_index), _plain(regions.class_id)
-        labelled_pixels = (labels != IGNORE_INDEX).sum(dim=(1, 2))  # (B,) per image, for normalise="image"
         grad = None
         for start in range(0, len(regions), max_copies_per_pass):
             image_index = all_images[start : start + max_copies_per_pass]  # (k,)
@@ -132,33 +125,25 @@ def lcg_gradient(
             label_copies = labels[image_index]  # (k, H, W)
             mask = label_copies == class_id.view(-1, 1, 1)  # (k, H, W) m_c
             target = torch.where(mask, label_copies, IGNORE_INDEX)  # (k, H, W) y * m_c, ignore elsewhere
-            copies = x_leaf[image_index]  # (k, 3, H, W)
-            if view == "masked":
-                copies = copies * mask.unsqueeze(1).to(x_leaf.dtype)  # Eq. 6: x * m_c
+            copies = x_leaf[image_index] * mask.unsqueeze(1).to(x_leaf.dtype)  # (k, 3, H, W) Eq. 6: x * m_c
             logits = segmenter(copies.contiguous(memory_format=memory_format))  # (k, C, H, W)
             _check_logits(logits, copies)
             ce = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")  # (k, H, W)
-            pixels = mask.sum(dim=(1, 2)) if normalise == "region" else labelled_pixels[image_index]  # (k,)
-            loss_per_copy = ce.sum(dim=(1, 2)) / pixels  # (k,) mean over the class region (or the image)
-            if view == "masked":
-                # Sum over copies: each copy's loss depends on its own image only, so grads add up per Eq. 9.
-                (chunk_grad,) = torch.autograd.grad(loss_per_copy.sum(), x_leaf)
-            else:
-                # The whole image is seen, so a copy's gradient reaches beyond m_c: keep its m_c part (Eq. 9 takes
-                # x_{k-1,c} on m_c only) and add the copies up per image.
-                (copy_grad,) = torch.autograd.grad(loss_per_copy.sum(), copies)
-                copy_grad = copy_grad * mask.unsqueeze(1).to(copy_grad.dtype)
-                chunk_grad = torch.zeros_like(x_leaf).index_add_(0, image_index, copy_grad)
+            loss_per_copy = ce.sum(dim=(1, 2))  # (k,) summed over m_c
+            if reduction == "mean":
+                loss_per_copy = loss_per_copy / mask.sum(dim=(1, 2))  # (k,) mean over m_c
+            # Sum over copies: each copy's loss depends on its own image only, so grads add up per Eq. 9.
+            (chunk_grad,) = torch.autograd.grad(loss_per_copy.sum(), x_leaf)
             grad = chunk_grad if grad is None else grad.add_(chunk_grad)
     return torch.zeros_like(x) if grad is None else grad.contiguous()
 
 
 def gsg_gradient(segmenter: Segmenter, x: torch.Tensor, labels: torch.Tensor, *,
-                 memory_format: torch.memory_format | None = None) -> torch.Tensor:
-    """GSG (Eq. 10): ``grad_x L_global(x, y)``, the whole-image cross-entropy averaged over non-ignore pixels.
-
-    Images whose label is all ignore get a zero gradient. ``memory_format``: as in :func:`lcg_gradient`.
-    """
+                 memory_format: torch.memory_format | None = None, reduction: str = "mean") -> torch.Tensor:
+    """GSG (Eq. 10): ``grad_x L_global(x, y)``, the whole-image cross-entropy averaged over the non-ignore pixels
+    (``reduction="mean"``) or summed over them (``"sum"``). Images whose label is all ignore get a zero gradient.
+    ``memory_format``: as in :func:`lcg_gradient`."""
+    _check_reduction(reduction)
     memory_format = memory_format or preferred_memory_format(x.device)
     with torch.inference_mode(False), torch.enable_grad():
         x_leaf = x.detach().clone(memory_format=memory_format).requires_grad_(True)
@@ -166,7 +151,99 @@ def gsg_gradient(segmenter: Segmenter, x: torch.Tensor, labels: torch.Tensor, *,
         logits = segmenter(x_leaf)  # (B, C, H, W)
         _check_logits(logits, x_leaf)
         ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")  # (B, H, W)
-        valid = (labels != IGNORE_INDEX).sum(dim=(1, 2)).clamp_min(1)  # (B,)
-        loss_per_image = ce.sum(dim=(1, 2)) / valid  # (B,)
+        loss_per_image = ce.sum(dim=(1, 2))  # (B,) summed CE
+        if reduction == "mean":
+            loss_per_image = loss_per_image / (labels != IGNORE_INDEX).sum(dim=(1, 2)).clamp_min(1)  # (B,)
         (grad,) = torch.autograd.grad(loss_per_image.sum(), x_leaf)
     return grad.contiguous()
+
+
+@dataclass(frozen=True)
+class GuidedStep:
+    """One guided reverse step as an observer sees it (``Guidance.observer``): the measurement behind
+    ``dasgen calibrate``."""
+
+    index: int  # reverse step i
+    position: int  # chain position k
+    module: str  # "lcg" | "gsg"
+    beta: torch.Tensor  # Sigma = beta_t, broadcastable to the step
+    raw: torch.Tensor  # lambda * beta_t * grad (B, 3, H, W), before the cap
+    applied: torch.Tensor  # the shift subtracted from the mean (after the cap, if any)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """SGG for one translation: the segmenter g_{n-1}, which module guides each reverse step, and the step's scale.
+
+    ``for_labels(labels)`` gives the sampler its guidance function for one batch (:data:`GuidanceFn`). At reverse step
+    i with ``plan[i]`` set, it returns ``lambda * beta_t * grad`` (Eq. 7 with Sigma = beta_t; under respacing beta_t is
+    the step's beta', which spans several original steps, so the summed guidance over the chain matches the full
+    chain's), capped per pixel at ``max_step`` when set.
+    """
+
+    segmenter: Segmenter  # x in [-1, 1] (B, 3, H, W) -> logits (B, C, H, W); must treat images independently
+    plan: Sequence[str | None]  # plan[i] = module at reverse step i (see arrangement.guidance_plan)
+    lambda_: float = 80.0  # lambda of Eq. 7 (Sec. 5.1: lambda = 80); params: sgg.lambda
+    reduction: str = "mean"  # how the pixel CEs make the loss: "mean" | "sum" (sgg.loss_reduction; module docstring)
+    # Where the segmenter looks: the noisy x_k (paper, Eqs. 6 and 10) or the denoised estimate x0_hat(x_k, eps)
+    # (deviation, after FreeDoM / MPGD: a clean-image segmenter judges a clean-looking image; the gradient is taken
+    # with respect to x0_hat and not propagated through the U-Net, so it costs what the paper's does).
+    gradient_at: str = "x_t"
+    # per-pixel cap on the step |lambda * Sigma * grad| in [-1, 1] image units (deviation if set): peers' guard
+    # against single steps that paint adversarial noise (None: uncapped, the paper).
+    max_step: float | None = None
+    max_copies_per_pass: int = 64  # LCG masked copies per segmenter pass: bounds memory, not the result
+    observer: Callable[[GuidedStep], None] | None = None  # sees every guided step (calibration); None in a run
+
+    def __post_init__(self) -> None:
+        plan = tuple(self.plan)
+        unknown = sorted({str(m) for m in plan if m not in (LCG, GSG, None)})
+        if unknown:
+            raise ValueError(f"Guidance.plan entries must be 'lcg', 'gsg' or None, got {unknown}")
+        if self.max_step is not None and not self.max_step > 0:
+            raise ValueError(f"Guidance.max_step must be > 0, got {self.max_step}")
+        if self.gradient_at not in GRADIENT_AT:
+            raise ValueError(f"Guidance.gradient_at must be one of {GRADIENT_AT}, got {self.gradient_at!r}")
+        _check_reduction(self.reduction)
+        object.__setattr__(self, "plan", plan)
+
+    def scaled_step(self, beta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Eq. 7's shift before the cap: ``lambda * beta_t * grad`` (minus in the sampler: a step that lowers the
+        CE; the paper's "+" reads as descent)."""
+        return self.lambda_ * beta * grad
+
+    def for_labels(self, labels: torch.Tensor) -> GuidanceFn:
+        """The sampler's guidance function for a batch whose source labels are ``labels`` (B, H, W) trainIds."""
+        labels = labels.to(torch.int64)
+        regions = class_regions(labels) if LCG in self.plan else None  # once: labels do not change
+
+        def guide(step: ReverseStep) -> torch.Tensor | None:
+            if len(self.plan) != len(step.schedule):
+                raise ValueError(f"guidance plan has {len(self.plan)} entries for a chain of {len(step.schedule)} "
+                                 "reverse steps")
+            module = self.plan[step.index]
+            if module is None:
+                return None
+            if labels.shape != (step.x.shape[0], *step.x.shape[-2:]):
+                raise ValueError(f"guidance needs labels of shape {(step.x.shape[0], *step.x.shape[-2:])}, got "
+                                 f"{tuple(labels.shape)}")
+            batch_labels = labels.to(step.x.device)
+            seen = step.x if self.gradient_at == "x_t" else \
+                step.schedule.predict_x0(step.x, step.position, step.eps).clamp(-1.0, 1.0)
+            if module == LCG:  # Eqs. 6-9
+                batch_regions = ClassRegions(regions.image_index.to(step.x.device), regions.class_id.to(step.x.device))
+                grad = lcg_gradient(self.segmenter, seen, batch_labels, regions=batch_regions,
+                                    max_copies_per_pass=self.max_copies_per_pass, memory_format=step.memory_format,
+                                    reduction=self.reduction)
+            else:  # Eq. 10
+                grad = gsg_gradient(self.segmenter, seen, batch_labels, memory_format=step.memory_format,
+                                    reduction=self.reduction)
+            beta = step.schedule.sigma(step.position, grad)  # Sigma = beta_t (Sec. 5.1)
+            raw = self.scaled_step(beta, grad)
+            applied = raw if self.max_step is None else raw.clamp(-self.max_step, self.max_step)
+            if self.observer is not None:
+                self.observer(GuidedStep(index=step.index, position=step.position, module=module, beta=beta,
+                                         raw=raw, applied=applied))
+            return applied
+
+        return guide

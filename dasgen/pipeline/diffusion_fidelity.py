@@ -54,7 +54,7 @@ def round_trip(config: Config, denoiser, root: Path, device: torch.device, pictu
     for t in [t for t in config.diffusion.fidelity_levels if t <= top]:
         generators = [image_generator(config.run.seed, FIDELITY_SEED_DOMAIN, f"roundtrip-{t}-{i}") for i in ids]
         with torch.inference_mode():
-            out = translate(x0.to(device), None, denoiser=denoiser, schedule=base_schedule(config).truncated(t),
+            out = translate(x0.to(device), denoiser=denoiser, schedule=base_schedule(config).truncated(t),
                             generators=generators)
         images = [to_uint8(x) for x in out]
         rows[f"t{t}"] = {"psnr": round(float(np.mean([_psnr(a, b) for a, b in zip(images, clean)])), 2),

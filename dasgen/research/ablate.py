@@ -290,7 +290,7 @@ def ddpm_roundtrip(spec: AblationSpec, shared: Workspace, seed: int, oracle_path
                                          device=device), "levels": []}
     for t in levels:
         one_domain = params(spec, {**spec.common, "run.seed": config.run.seed, "ptl.N": 1, "ptl.t_final": t})
-        out = translate(x0.to(device), None, denoiser=eps_fn, schedule=domain_chain(one_domain, 1),
+        out = translate(x0.to(device), denoiser=eps_fn, schedule=domain_chain(one_domain, 1),
                         generators=[image_generator(config.run.seed, t, i) for i in ids])
         score = score_consistency(oracle, zip((to_uint8(x) for x in out), labels), protocol=protocol, device=device)
         result["levels"].append({"t": t, "oracle_miou": score})

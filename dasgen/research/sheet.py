@@ -31,7 +31,7 @@ from dasgen.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, train_id_to_color
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
-from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.guided import domain_guidance
 from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader
 from dasgen.stages.translate import image_consistency
 from dasgen.pipeline.workspace import Workspace
@@ -204,9 +204,9 @@ def guidance_sheet(config: Config, ws: Workspace, out: Path, *, count: int = 4, 
     for arrangement, title in columns:
         guidance = domain_guidance(config, g_prev, N, len(chain), arrangement=arrangement)
         generators = [image_generator(config.run.seed, N, i) for i in chosen]  # the domain stage's seeds
-        out_images = [to_uint8(x) for x in translate(x0.to(device), labels.to(device), denoiser=eps_fn,
-                                                     schedule=chain, generators=generators, guidance=guidance,
-                                                     **sampler_options(config))]
+        guide = None if guidance is None else guidance.for_labels(labels.to(device))
+        out_images = [to_uint8(x) for x in translate(x0.to(device), denoiser=eps_fn, schedule=chain,
+                                                     generators=generators, guide=guide)]
         with torch.inference_mode():
             preds = g_prev(torch.stack([to_model_tensor(i) for i in out_images]).to(device)).argmax(1).cpu()
         scores[arrangement] = float(np.mean([image_consistency(preds[k], labels[k]) for k in range(len(chosen))]))

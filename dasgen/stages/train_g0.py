@@ -37,7 +37,8 @@ def run_train_g0(config: Config, ws: Workspace, *, progress: bool = True, consol
     console.print(f"g_0: {config.segmenter.arch} on {len(entries)} source pairs, {st.iters} iterations on {device}")
     losses = train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum,
                           weight_decay=st.weight_decay, optimizer=st.optimizer,
-                          augment=augment_settings(config, st.aug_fraction), generator=generator, progress=progress)
+                          augment=augment_settings(config, st.aug_fraction), generator=generator, progress=progress,
+                          batchnorm=config.segmenter.batchnorm)
     model.eval()
     sha = save_segmenter(model, ws.segmenter_path(0), meta={"domain": 0, "trained_on": "source"})
     target = score_on_target(model, config, device, target_val_store(config, ws.root))

@@ -44,7 +44,7 @@ from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
-from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.guided import domain_guidance
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
@@ -173,8 +173,8 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
         for batch in mine:
             x0, labels = store.batch(batch)
             generators = [image_generator(config.run.seed, plan.n, i) for i in batch]
-            out = translate(x0.to(device), labels.to(device), denoiser=eps_fn, schedule=chain,
-                            generators=generators, guidance=guidance, **sampler_options(config))
+            guide = None if guidance is None else guidance.for_labels(labels.to(device))
+            out = translate(x0.to(device), denoiser=eps_fn, schedule=chain, generators=generators, guide=guide)
             broken = [image_id for image_id, ok in zip(batch, torch.isfinite(out).flatten(1).all(1).tolist())
                       if not ok]
             if broken:  # NaN/inf in eps, a gradient or x: nothing of this batch is written (to_uint8 would blacken)
@@ -232,7 +232,7 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
     losses = finetune(trained, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters, lr=ft.lr,
                       momentum=ft.momentum, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
                       augment=augment_settings(config, ft.aug_fraction),
-                      generator=generator, progress=progress)
+                      generator=generator, progress=progress, batchnorm=config.segmenter.batchnorm)
     model.eval()
     return model, losses
 

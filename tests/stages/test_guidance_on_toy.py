@@ -8,7 +8,8 @@ from dasgen.config import load_config
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.unet import load_denoiser, make_eps_fn
 from dasgen.guidance.arrangement import guidance_plan
-from dasgen.guidance.sampler import Guidance, translate
+from dasgen.guidance.sampler import translate
+from dasgen.guidance.sgg import Guidance
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.pipeline.chains import base_schedule
@@ -29,7 +30,8 @@ def test_lambda_80_raises_agreement_on_the_toy_at_the_same_seeds(tiny_workspace)
 
     def agreement(guidance):
         generators = [image_generator(0, 1, i) for i in ids]
-        x = translate(x0, labels, denoiser=eps, schedule=chain, generators=generators, guidance=guidance)
+        x = translate(x0, denoiser=eps, schedule=chain, generators=generators,
+                      guide=None if guidance is None else guidance.for_labels(labels))
         with torch.inference_mode():
             pred = g0(x).argmax(1)
         valid = labels != 255

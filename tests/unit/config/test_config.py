@@ -1,13 +1,11 @@
 """params.yaml loading: strict keys, types, ranges and cross-checks, each error naming the file and key."""
 
 
-import hashlib
-import json
 
 import pytest
 import yaml
 
-from dasgen.config import Config, config_from_dict, knob, load_config
+from dasgen.config import Config, config_from_dict, load_config
 from dasgen.pipeline.chains import domain_noise_levels
 from dasgen.errors import ConfigError
 
@@ -76,27 +74,6 @@ def test_yaml_scientific_strings_are_floats_and_hash_is_stable():
     assert config.diffusion.beta_start == 1e-4
     assert config.sha256() == Config().sha256()
     assert config_from_dict({"sgg": {"lambda": 79}}).sha256() != Config().sha256()
-
-
-def test_an_option_added_off_leaves_the_hash_of_runs_that_do_not_use_it():
-    """sgg.step_rms was added after ablation runs were recorded: off, it is not hashed (their params_sha256 stay
-    valid) though it is still in the params dict; set, it changes the hash."""
-    config = Config()
-    without = config.to_dict()
-    assert without["sgg"].pop("step_rms") is None
-    assert config.sha256() == hashlib.sha256(json.dumps(without, sort_keys=True).encode()).hexdigest()
-    assert config_from_dict({"sgg": {"step_rms": 0.2}}).sha256() != config.sha256()
-    assert config_from_dict({"sgg": {"max_step": None}}).sha256() != config.sha256()  # other options: always hashed
-    assert config.hashed_dict()["sgg"] == without["sgg"]  # what fingerprints are built from
-    with pytest.raises(TypeError, match="scalar default"):  # a list default could never compare equal: refused
-        knob([1, 2], hashed_when_off=False)
-
-
-def test_step_rms_and_lambda_resolution_are_refused_together(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text("sgg: {step_rms: 0.2, lambda_resolution: [32, 64]}\n")
-    with pytest.raises(ConfigError, match="sgg.step_rms: set together with sgg.lambda_resolution"):
-        load_config(path)
 
 
 def test_domain_noise_levels_spread_to_t_final():

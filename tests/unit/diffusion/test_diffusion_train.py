@@ -286,6 +286,36 @@ def test_a_truncated_schedule_trains_only_its_timesteps(template, images, tmp_pa
     assert len(seen) == 80 and max(seen) < 50 and min(seen) >= 0
 
 
+def test_the_ddpm_learns_the_noise_that_diffusers_add_noise_mixes_in(template, images, tmp_path, monkeypatch):
+    """Eq. 5: the U-Net sees x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (diffusers' DDPMScheduler.add_noise with the
+    paper's schedule) and is regressed onto that eps -- not onto x_0, not onto x_{t-1}."""
+    from diffusers import DDPMScheduler
+
+    seen, drawn = {}, []
+    original_forward, original_mse = UNet2DModel.forward, torch.nn.functional.mse_loss
+
+    def forward(self, sample, timestep, *args, **kwargs):
+        seen["x_t"], seen["t"] = sample.detach().clone(), torch.as_tensor(timestep).detach().clone()
+        return original_forward(self, sample, timestep, *args, **kwargs)
+
+    def mse_loss(prediction, target, *args, **kwargs):
+        seen["target"] = target.detach().clone()
+        return original_mse(prediction, target, *args, **kwargs)
+
+    def sample_batch(generator, batch_size):
+        drawn.append(_sampler(images)(generator, batch_size))
+        return drawn[-1]
+
+    monkeypatch.setattr(UNet2DModel, "forward", forward)
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", mse_loss)
+    train_ddpm(copy.deepcopy(template), sample_batch, NoiseSchedule.linear(), steps=1, batch_size=4, lr=1e-3,
+               ema_decay=None, seed=0, work_dir=tmp_path / "w", checkpoint_every=100, log_path=None, progress=False)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    expected = scheduler.add_noise(drawn[0], seen["target"], seen["t"])
+    torch.testing.assert_close(seen["x_t"], expected, rtol=1e-4, atol=1e-5)
+    assert seen["target"].std() > 0.5  # a noise draw, not a copy of the images
+
+
 def test_max_timestep_below_the_last_domain_is_a_config_error():
     from dasgen.config import config_from_dict
     from dasgen.errors import ConfigError

@@ -79,46 +79,28 @@ def test_batched_lcg_equals_per_class_reference(max_copies):
 
 
 @pytest.mark.parametrize("max_copies", [64, 3])
-def test_image_normalised_lcg_weights_each_region_by_its_share_of_the_image(max_copies):
-    """normalise="image": per-class gradient x |m_c| / (labelled pixels of the image), i.e. region-summed CE over the
-    image's labelled pixels -- small regions no longer get a per-pixel step ~ 1/|m_c|."""
+def test_summed_reduction_equals_the_per_class_summed_ce(max_copies):
+    """reduction="sum" (sgg.loss_reduction): LCG's per-class CE summed over m_c, GSG's over the labelled image --
+    log p(y | x) of independent pixels; a region's step is then |m_c| times its mean-reduced step."""
     segmenter = make_segmenter()
     x, labels = make_batch()
-    expected = torch.zeros_like(x)
+    expected_lcg, expected_gsg = torch.zeros_like(x), torch.zeros_like(x)
     for b in range(x.shape[0]):
-        labelled = int((labels[b] != IGNORE_INDEX).sum())
         for m_c, x_b, y_c in class_copies(x, labels, b):
             summed = F.cross_entropy(segmenter(x_b * m_c), y_c, ignore_index=IGNORE_INDEX, reduction="sum")
-            (grad_c,) = torch.autograd.grad(summed / labelled, x_b)
-            expected[b] += grad_c[0]
-    image = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies, normalise="image")
-    region = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies)
-    torch.testing.assert_close(image, expected, rtol=1e-5, atol=1e-7)
-    assert image.abs().max() < region.abs().max()  # every region is a fraction of its image
-    with pytest.raises(ValueError, match="normalise"):
-        lcg_gradient(segmenter, x, labels, normalise="pixels")
-
-
-@pytest.mark.parametrize("max_copies", [64, 3])
-def test_context_lcg_sees_the_whole_image_and_steps_only_the_class_region(max_copies):
-    """view="context" (sgg.lcg_view): each class's CE is taken on the segmenter's output for the unmasked image, and
-    only that gradient's m_c part is kept (Eq. 9 recombines x_{k-1,c} on m_c) -- so it differs from Eq. 6's masked
-    copies wherever a region's 3x3 neighbourhood crosses into another class, and ignore pixels still get no step."""
-    segmenter = make_segmenter()
-    x, labels = make_batch()
-    expected = torch.zeros_like(x)
-    for b in range(x.shape[0]):
-        for m_c, x_b, y_c in class_copies(x, labels, b):
-            loss = F.cross_entropy(segmenter(x_b), y_c, ignore_index=IGNORE_INDEX)  # whole image seen, CE on m_c
-            (grad_c,) = torch.autograd.grad(loss, x_b)
-            expected[b] += m_c * grad_c[0]
-    context = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies, view="context")
-    masked = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies)
-    torch.testing.assert_close(context, expected, rtol=1e-5, atol=1e-7)
-    assert (context[:, :, :3, :4] == 0).all()  # the ignore patch
-    assert (context - masked).abs().max() > 1e-3  # the context changes what the segmenter judges
-    with pytest.raises(ValueError, match="view"):
-        lcg_gradient(segmenter, x, labels, view="crop")
+            (grad_c,) = torch.autograd.grad(summed, x_b)
+            expected_lcg[b] += grad_c[0]
+        x_b = x[b:b + 1].clone().requires_grad_(True)
+        summed = F.cross_entropy(segmenter(x_b), labels[b:b + 1], ignore_index=IGNORE_INDEX, reduction="sum")
+        expected_gsg[b] = torch.autograd.grad(summed, x_b)[0][0]
+    lcg = lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies, reduction="sum")
+    torch.testing.assert_close(lcg, expected_lcg, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gsg_gradient(segmenter, x, labels, reduction="sum"), expected_gsg, rtol=1e-5, atol=1e-6)
+    assert lcg.abs().max() > lcg_gradient(segmenter, x, labels, max_copies_per_pass=max_copies).abs().max()
+    with pytest.raises(ValueError, match="reduction"):
+        lcg_gradient(segmenter, x, labels, reduction="pixels")
+    with pytest.raises(ValueError, match="reduction"):
+        gsg_gradient(segmenter, x, labels, reduction="pixels")
 
 
 def test_lcg_makes_one_segmenter_pass_per_chunk():

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from dasgen.diffusion.schedule import NoiseSchedule, evenly_spaced_steps
 from dasgen.guidance.arrangement import guidance_plan
-from dasgen.guidance.sampler import Guidance, rms_normalised, translate
-from dasgen.guidance.sgg import IGNORE_INDEX, gsg_gradient, lcg_gradient
+from dasgen.guidance.sampler import translate as sample
+from dasgen.guidance.sgg import IGNORE_INDEX, Guidance, gsg_gradient, lcg_gradient
 
 T = 1000
 COLOURS = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])  # class prototypes (red, green, blue)
@@ -29,6 +29,11 @@ def conv_denoiser(seed: int = 0):
 def colour_segmenter(x):
     """A 1x1 conv colour classifier with known weights: logit_c = 4 * <x, colour_c>."""
     return F.conv2d(x, (4.0 * COLOURS).view(3, 3, 1, 1))
+
+
+def translate(x0, labels, *, guidance=None, **kwargs):
+    """The sampler with SGG bound to ``labels`` (what the domain stage does for each batch)."""
+    return sample(x0, guide=None if guidance is None else guidance.for_labels(labels), **kwargs)
 
 
 def make_batch(batch=3, height=8, width=12, seed=0):
@@ -160,8 +165,10 @@ def test_bad_arguments_are_rejected():
         translate(x0, labels, generators=generators([1, 2, 3]),
                   guidance=Guidance(segmenter=colour_segmenter, plan=guidance_plan("alternate", 3)), **kwargs)
     with pytest.raises(ValueError, match="labels"):
-        translate(x0, None, generators=generators([1, 2, 3]),
+        translate(x0, labels[:2], generators=generators([1, 2, 3]),
                   guidance=Guidance(segmenter=colour_segmenter, plan=guidance_plan("alternate", 4)), **kwargs)
+    with pytest.raises(ValueError, match="reduction"):
+        Guidance(segmenter=colour_segmenter, plan=[], reduction="batch-mean")
     with pytest.raises(ValueError, match="plan"):
         Guidance(segmenter=colour_segmenter, plan=["lcg", "LCG"])
 
@@ -207,74 +214,6 @@ def test_x0_hat_guidance_raises_segmenter_agreement_too():
     assert pixel_agreement(guided, labels) > pixel_agreement(unguided, labels) + 0.1
 
 
-def test_posterior_variance_changes_only_the_noise_scale():
-    """With an eps = 0 denoiser each step is x <- x / sqrt(alpha) + sigma z: replayed by hand with the same draws,
-    sigma^2 = beta' (paper) or beta-tilde' ("posterior")."""
-    x0, _ = make_batch()
-    schedule = NoiseSchedule.linear(T).truncated(40).respaced(evenly_spaced_steps(40, 4))
-    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
-    like = torch.zeros(1, dtype=torch.float64)
-    for variance, sigma2 in (("beta", schedule.sigma), ("posterior", schedule.posterior_variance)):
-        out = translate(x0, None, denoiser=zero, schedule=schedule, generators=generators([1, 2, 3]),
-                        variance=variance)
-        g = generators([1, 2, 3])
-        draw = lambda: torch.stack([torch.randn(x0.shape[1:], generator=gen) for gen in g])  # noqa: E731
-        x = schedule.q_sample(x0, len(schedule) - 1, draw())
-        for position in range(len(schedule) - 1, -1, -1):
-            x = x / float(schedule.alphas[position]) ** 0.5
-            if position > 0:
-                x = x + float(sigma2(position, like)) ** 0.5 * draw()
-        assert torch.allclose(out, x, atol=1e-5), variance
-    with pytest.raises(ValueError, match="variance"):
-        translate(x0, None, denoiser=zero, schedule=schedule, generators=generators([1, 2, 3]), variance="small")
-
-
-def test_ddim_carries_the_first_noise_draw_down_the_chain_and_draws_no_other():
-    """variance="ddim" (deviation): with the exact-noise denoiser every x_k the chain visits is q_sample(x0, k, z) for
-    the one draw z of Eq. 2 (DDIM's defining property, eta = 0); the DDPM chain replaces z with fresh draws. After
-    the run each generator has made exactly that one draw."""
-    x0, _ = make_batch()
-    schedule = NoiseSchedule.linear(T).truncated(80).respaced(evenly_spaced_steps(80, 8))
-    alpha_bars = NoiseSchedule.linear(T).alpha_bars.float()
-    first = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators([1, 2, 3])])
-    for variance, on_path in (("ddim", True), ("beta", False)):
-        seen = []
-
-        def oracle(x, t):
-            seen.append((x.clone(), int(t[0])))
-            ab = alpha_bars[t].view(-1, 1, 1, 1)
-            return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-
-        gens = generators([1, 2, 3])
-        out = translate(x0, None, denoiser=oracle, schedule=schedule, generators=gens, variance=variance)
-        torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
-        on_q_path = [torch.allclose(x, NoiseSchedule.linear(T).q_sample(x0, t, first), atol=1e-4) for x, t in seen]
-        assert all(on_q_path[1:]) == on_path and on_q_path[0]
-        if variance == "ddim":
-            after_one_draw = generators([1, 2, 3])
-            for g in after_one_draw:
-                torch.randn(x0.shape[1:], generator=g)
-            assert all(torch.equal(g.get_state(), h.get_state()) for g, h in zip(gens, after_one_draw))
-
-
-def test_guided_ddim_raises_segmenter_agreement():
-    x0, labels = make_batch(batch=4, seed=3)
-    n = 150
-    schedule = NoiseSchedule.linear(T).truncated(n).respaced(evenly_spaced_steps(n, 25))
-    alpha_bars = NoiseSchedule.linear(T).alpha_bars.float()
-
-    def gaussian_denoiser(x, t):
-        ab = alpha_bars[t].view(-1, 1, 1, 1)
-        return (1 - ab).sqrt() * x / (0.25 * ab + 1 - ab)
-
-    kwargs = dict(denoiser=gaussian_denoiser, schedule=schedule, variance="ddim")
-    unguided = translate(x0, labels, generators=generators([21, 22, 23, 24]), **kwargs)
-    guided = translate(x0, labels, generators=generators([21, 22, 23, 24]), **kwargs,
-                       guidance=Guidance(segmenter=colour_segmenter, plan=guidance_plan("alternate", 25),
-                                         gradient_at="x0_hat"))
-    assert pixel_agreement(guided, labels) > pixel_agreement(unguided, labels) + 0.1
-
-
 def _first_guided_step(x0, labels, guidance, seed=7):
     """x after one guided step minus x after the same step unguided: the guidance displacement (B, 3, H, W).
 
@@ -285,52 +224,6 @@ def _first_guided_step(x0, labels, guidance, seed=7):
     guided = translate(x0, labels, generators=generators([seed] * len(x0)), guidance=guidance, **kwargs)
     plain = translate(x0, labels, generators=generators([seed] * len(x0)), **kwargs)
     return guided - plain
-
-
-def test_lambda_resolution_gives_the_same_per_pixel_step_at_two_resolutions():
-    """The same synthetic scene at 8x12 and at 2x (16x24, nearest): with the CE a region or image mean, the paper's
-    step per pixel is 4x smaller at 2x; with reference_pixels it is the same (GSG exactly, LCG too)."""
-    g = torch.Generator().manual_seed(5)
-    small_labels = torch.randint(0, 3, (1, 8, 12), generator=g)
-    small = COLOURS[small_labels[0]].permute(2, 0, 1)[None] * 0.3  # (1, 3, 8, 12): colour-coded scene
-    big, big_labels = (small.repeat_interleave(2, 2).repeat_interleave(2, 3),
-                       small_labels.repeat_interleave(2, 1).repeat_interleave(2, 2))
-    for module in ("gsg", "lcg"):
-        steps = {}
-        for name, ref, rms in (("paper", None, None), ("normalised", 8 * 12, None), ("rms", None, 5.0)):
-            guidance = Guidance(segmenter=colour_segmenter, plan=[module], reference_pixels=ref, lambda_=1e4,
-                                step_rms=rms)
-            small_step = _first_guided_step(small, small_labels, guidance)
-            big_step = _first_guided_step(big, big_labels, guidance)
-            big_as_small = big_step.reshape(1, 3, 8, 2, 12, 2).mean(dim=(3, 5))  # (1, 3, 8, 12)
-            steps[name] = float(big_as_small.abs().mean() / small_step.abs().mean())
-        assert steps["paper"] == pytest.approx(0.25, rel=0.05), (module, steps)
-        assert steps["normalised"] == pytest.approx(1.0, rel=0.05), (module, steps)
-        assert steps["rms"] == pytest.approx(1.0, rel=0.05), (module, steps)
-
-
-def test_context_lcg_reaches_the_sampler():
-    """Guidance.lcg_view = "context" steps with sgg.lcg_gradient(view="context"): with a segmenter that looks at
-    neighbours, one LCG step differs from the masked (Eq. 6) one and equals the manual Eq. 7 step."""
-    x0, labels = make_batch(batch=2)
-    schedule = NoiseSchedule.linear(T).truncated(1)
-    denoiser = conv_denoiser()
-    torch.manual_seed(3)  # test-local weights only
-    neighbours = torch.nn.Conv2d(3, 3, 3, padding=1).requires_grad_(False)  # logits depend on a 3x3 context
-
-    def one_step(view):
-        guidance = Guidance(segmenter=neighbours, plan=["lcg"], lambda_=1e4, lcg_view=view)  # beta_1 = 1e-4
-        return translate(x0, labels, denoiser=denoiser, schedule=schedule, generators=generators([5, 6]),
-                         guidance=guidance)
-
-    x = schedule.q_sample(x0, 0, torch.stack([torch.randn((3, 8, 12), generator=g) for g in generators([5, 6])]))
-    mean = schedule.p_mean(x, 0, denoiser(x, torch.tensor([0, 0])))
-    expected = mean - 1e4 * schedule.betas[0].float() * lcg_gradient(neighbours, x, labels, view="context")
-    context = one_step("context")
-    torch.testing.assert_close(context, expected, rtol=1e-5, atol=1e-6)
-    assert (context - one_step("masked")).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="lcg_view"):
-        Guidance(segmenter=neighbours, plan=[], lcg_view="crop")
 
 
 def test_max_step_bounds_every_pixels_guidance_step():
@@ -346,41 +239,45 @@ def test_max_step_bounds_every_pixels_guidance_step():
         Guidance(segmenter=colour_segmenter, plan=[], max_step=0.0)
 
 
+
+
+def _scene_at_two_sizes(seed=5):
+    """A colour-coded synthetic scene at 8x12 and the same scene at 2x (16x24, nearest)."""
+    g = torch.Generator().manual_seed(seed)
+    small_labels = torch.randint(0, 3, (1, 8, 12), generator=g)
+    small = COLOURS[small_labels[0]].permute(2, 0, 1)[None] * 0.3  # (1, 3, 8, 12)
+    big = small.repeat_interleave(2, 2).repeat_interleave(2, 3)  # (1, 3, 16, 24)
+    big_labels = small_labels.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    return (small, small_labels), (big, big_labels)
+
+
 @pytest.mark.parametrize("module", ["lcg", "gsg"])
-def test_step_rms_sets_each_images_step_to_a_share_of_the_noise_std(module):
-    """With step_rms the guidance displacement of each image has RMS step_rms * sqrt(beta) whatever lambda and the
-    loss's scale; an image whose label is all ignore (nothing to guide) is not moved."""
-    x0, labels = make_batch(batch=3)
-    labels[2] = IGNORE_INDEX
-    for lambda_, normalise in ((1.0, "region"), (1e4, "region"), (1.0, "image")):
-        step = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=[module], lambda_=lambda_,
-                                                       lcg_normalise=normalise, step_rms=2.0))
-        rms = step.pow(2).mean(dim=(1, 2, 3)).sqrt()
-        assert rms[:2].tolist() == pytest.approx([2.0 * 1e-3] * 2, rel=1e-3)  # beta = 1e-6: sqrt(beta) = 1e-3
-        assert rms[2] == 0
-    paper = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=[module], lambda_=1.0))
-    assert paper.pow(2).mean(dim=(1, 2, 3)).sqrt()[0] < 1e-3 * 2.0 / 10  # without it lambda = 1 barely moves x
+def test_sum_reduction_keeps_the_per_pixel_step_across_resolutions(module):
+    """The same scene at 2x: with the CE a region / image mean the step per pixel is 4x smaller (a lambda means less
+    at a larger size); with the summed CE it is the same (a lambda keeps its meaning)."""
+    (small, small_labels), (big, big_labels) = _scene_at_two_sizes()
+    ratios = {}
+    for reduction in ("mean", "sum"):
+        guidance = Guidance(segmenter=colour_segmenter, plan=[module], lambda_=1e4, reduction=reduction)
+        small_step = _first_guided_step(small, small_labels, guidance)
+        big_as_small = _first_guided_step(big, big_labels, guidance).reshape(1, 3, 8, 2, 12, 2).mean(dim=(3, 5))
+        ratios[reduction] = float(big_as_small.abs().mean() / small_step.abs().mean())
+    assert ratios["mean"] == pytest.approx(0.25, rel=0.05), ratios
+    assert ratios["sum"] == pytest.approx(1.0, rel=0.05), ratios
 
 
-def test_step_rms_keeps_the_direction_and_the_cap():
+def test_the_observer_sees_every_guided_step_as_applied():
+    """Guidance.observer gets one record per guided reverse step, in order, with the module of the plan, beta_t and
+    the raw and applied (capped) steps; the applied step is what moved the image."""
     x0, labels = make_batch(batch=2)
-    paper = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], lambda_=1e4))
-    rms = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], step_rms=50.0))
-    cosine = F.cosine_similarity(paper.flatten(1), rms.flatten(1))
-    assert cosine.min() > 0.999  # the same direction, another length
-    capped = _first_guided_step(x0, labels, Guidance(segmenter=colour_segmenter, plan=["lcg"], step_rms=50.0,
-                                                     max_step=0.02))
-    assert rms.abs().max() > 0.02 and capped.abs().max() <= 0.02 + 1e-6
-    with pytest.raises(ValueError, match="step_rms"):
-        Guidance(segmenter=colour_segmenter, plan=[], step_rms=0.0)
-    with pytest.raises(ValueError, match="reference_pixels"):
-        Guidance(segmenter=colour_segmenter, plan=[], step_rms=1.0, reference_pixels=96)
-
-
-def test_rms_normalised_survives_a_vanishing_gradient():
-    """A gradient whose squares underflow float32 (1e-25 everywhere) still comes out with RMS 1, not blown up."""
-    grad = torch.full((2, 3, 4, 5), 1e-25)
-    grad[1] = torch.linspace(-1e-30, 1e-30, 60).view(3, 4, 5)
-    unit = rms_normalised(grad)
-    assert unit.pow(2).mean(dim=(1, 2, 3)).sqrt().tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
-    assert torch.equal(rms_normalised(torch.zeros(1, 3, 2, 2)), torch.zeros(1, 3, 2, 2))
+    schedule = NoiseSchedule.linear(T).truncated(5)
+    records = []
+    plan = ["lcg", None, "gsg", "lcg", None]
+    guidance = Guidance(segmenter=colour_segmenter, plan=plan, lambda_=5e5, max_step=0.01, observer=records.append)
+    translate(x0, labels, denoiser=conv_denoiser(), schedule=schedule, generators=generators([1, 2]),
+              guidance=guidance)
+    assert [(r.index, r.position, r.module) for r in records] == [(0, 4, "lcg"), (2, 2, "gsg"), (3, 1, "lcg")]
+    for r in records:
+        assert float(r.beta.flatten()[0]) == pytest.approx(float(schedule.betas[r.position]))
+        assert r.raw.abs().max() > 0.01 and r.applied.abs().max() <= 0.01 + 1e-7
+        assert torch.equal(r.applied, r.raw.clamp(-0.01, 0.01))

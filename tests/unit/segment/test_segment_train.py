@@ -236,3 +236,47 @@ def test_zero_iterations_leave_the_model_unchanged():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ConfigError, match="iters"):
         train_source(model, sample, iters=-1, lr=0.1, augment=None, generator=torch.Generator(), progress=False)
+
+
+class _BatchNormNet(torch.nn.Module):
+    """conv -> BatchNorm -> 1x1 classifier: the smallest net whose judge depends on running statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Conv2d(8, 19, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))))
+
+
+@pytest.mark.parametrize("trainer", ["source", "finetune"])
+def test_frozen_batchnorm_keeps_statistics_and_affine_while_the_rest_trains(trainer):
+    """segmenter.batchnorm: frozen -- running mean/var and BatchNorm's weight/bias stay as they were (also though
+    the loop puts the model in train mode); every other layer trains. In train mode the statistics move."""
+    data = colour_dataset(16, seed=3)
+    after = {}
+    for mode in ("train", "frozen"):
+        torch.manual_seed(0)
+        model = _BatchNormNet()
+        with torch.no_grad():
+            model.bn.running_mean.fill_(0.3)
+            model.bn.running_var.fill_(2.0)
+        before = copy.deepcopy(model.state_dict())
+        sample = batch_sampler(data, 2)
+        kwargs = dict(iters=5, lr=1e-2, optimizer="adam", generator=torch.Generator().manual_seed(1),
+                      progress=False, batchnorm=mode)
+        if trainer == "source":
+            train_source(model, sample, **kwargs)
+        else:
+            finetune(model, sample, sample, **kwargs)
+        state = model.state_dict()
+        after[mode] = {k: not torch.equal(state[k], before[k]) for k in before if "num_batches" not in k}
+        assert not model.training
+    assert after["train"]["bn.running_mean"] and after["train"]["bn.weight"]
+    assert not any(changed for key, changed in after["frozen"].items() if key.startswith("bn."))
+    assert after["frozen"]["conv.weight"] and after["frozen"]["head.weight"]
+    with pytest.raises(ConfigError, match="batchnorm"):
+        train_source(_BatchNormNet(), batch_sampler(data, 2), iters=1, lr=1e-3, generator=torch.Generator(),
+                     progress=False, batchnorm="eval")

@@ -1,0 +1,185 @@
+"""``dasgen calibrate``: how large is the guidance step, before a long run commits to it?
+
+Eq. 7 shifts each guided reverse mean by ``lambda * beta_t * grad``; whether lambda = 80 moves an image a little, a
+lot or not at all depends on the loss reduction, the resolution, the segmenter and how far it already agrees
+(docs/guidance.md). This command runs the guided chain of one domain on K source images with the workspace's DDPM and
+judge (g_{n-1}, or the newest g_m before it that exists, g_0 on a fresh run), records every guided step through the
+guidance's observer, and reports per module (LCG, GSG):
+
+- the step's RMS over an image as a share of the noise std sqrt(beta_t), mean / min / max over the reverse steps that
+  add noise (the last, noiseless step is left out), before the cap (``raw``) and as applied (``step_over_noise``);
+- the share of pixels the cap ``sgg.max_step`` clips;
+- a verdict against the thresholds below, and the lambda that would put the raw step at :data:`TARGET_STEP`
+  (the step is linear in lambda before the cap);
+- the judge's label consistency of the guided and of the unguided translation of the same images and noise.
+
+Thresholds, per reverse step, on the applied step RMS / sqrt(beta_t), read off the toy's measurements
+(docs/guidance.md): below :data:`INERT_BELOW` a module changes nothing measurable (the toy's GSG at 0.004-0.015:
+its arrangements and its removal moved mIoU by 0.1); above :data:`EXPLOSIVE_ABOVE` single steps outweigh the sampling
+noise and paint adversarial patterns (the toy's uncapped LCG: blown-up images).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dasgen.config import Config
+from dasgen.datasets.io import to_model_tensor, to_uint8
+from dasgen.datasets.pairs import PairStore
+from dasgen.diffusion.unet import load_denoiser, make_eps_fn
+from dasgen.errors import DasgenError
+from dasgen.guidance.sampler import autocast_denoiser, translate
+from dasgen.guidance.sgg import GuidedStep
+from dasgen.labels import NUM_TRAIN_CLASSES
+from dasgen.pipeline.chains import domain_chain, domain_noise_levels
+from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader
+from dasgen.pipeline.guided import domain_guidance
+from dasgen.pipeline.workspace import Workspace
+from dasgen.seeding import image_generator
+from dasgen.segment.checkpoint import load_segmenter
+from dasgen.segment.metrics import ConfusionMatrix
+
+INERT_BELOW = 0.02  # applied step RMS / sqrt(beta_t) under which a module is inert
+EXPLOSIVE_ABOVE = 1.0  # ... over which single steps outweigh the sampling noise
+TARGET_STEP = 0.15  # where a working module sits: the toy's capped LCG step, the guidance that pays there
+
+
+def verdict(step_over_noise: float) -> str:
+    """``inert`` / ``ok`` / ``explosive`` for a mean applied step RMS / sqrt(beta_t) (thresholds above)."""
+    if step_over_noise < INERT_BELOW:
+        return "inert"
+    if step_over_noise > EXPLOSIVE_ABOVE:
+        return "explosive"
+    return "ok"
+
+
+def judge_for(ws: Workspace, config: Config, n: int) -> tuple[int, Path]:
+    """The judge of domain n: g_{n-1} when it exists, else the newest g_m (m < n-1) that does, g_0 at the latest."""
+    for m in range(n - 1, -1, -1):
+        path = ws.segmenter_path(m, config.ptl.N)
+        if path.is_file():
+            return m, path
+    raise DasgenError(f"{ws.segmenter_path(0)}: no segmenter to guide with (run `dasgen train-g0` first)")
+
+
+def label_consistency(preds: torch.Tensor, labels: torch.Tensor, protocol_classes: int = NUM_TRAIN_CLASSES) -> float:
+    """mIoU of the judge's predictions against the source labels over a batch (ignore excluded), in [0, 1]."""
+    matrix = ConfusionMatrix(num_classes=protocol_classes)
+    matrix.update(preds, labels)
+    ious = [v for v in matrix.iou_per_class().tolist() if v == v]
+    return float(sum(ious) / len(ious)) if ious else 1.0
+
+
+class StepRecorder:
+    """The guidance observer: per module, one row per guided reverse step that adds noise."""
+
+    def __init__(self, max_step: float | None) -> None:
+        self.max_step = max_step
+        self.rows: dict[str, list[dict]] = {"lcg": [], "gsg": []}
+
+    def __call__(self, step: GuidedStep) -> None:
+        if step.position == 0:  # the last step adds no noise: no sqrt(beta_t) to compare with
+            return
+        noise_std = float(step.beta.flatten()[0]) ** 0.5
+        rms_raw = step.raw.pow(2).mean(dim=(1, 2, 3)).sqrt()  # (B,)
+        rms_applied = step.applied.pow(2).mean(dim=(1, 2, 3)).sqrt()  # (B,)
+        clipped = float((step.raw.abs() > self.max_step).float().mean()) if self.max_step is not None else 0.0
+        self.rows[step.module].append({"index": step.index, "position": step.position,
+                                       "raw": float(rms_raw.mean()) / noise_std,
+                                       "applied": float(rms_applied.mean()) / noise_std, "clipped": clipped})
+
+    def summary(self, lambda_: float) -> dict:
+        modules = {}
+        for module, rows in self.rows.items():
+            if not rows:
+                continue
+            applied, raw = [r["applied"] for r in rows], [r["raw"] for r in rows]
+            mean_raw = statistics.mean(raw)
+            modules[module] = {
+                "steps": len(rows),
+                "step_over_noise": {"mean": statistics.mean(applied), "min": min(applied), "max": max(applied)},
+                "raw_step_over_noise": {"mean": mean_raw, "min": min(raw), "max": max(raw)},
+                "clipped_share": statistics.mean(r["clipped"] for r in rows),
+                "verdict": verdict(statistics.mean(applied)),
+                "suggested_lambda": lambda_ * TARGET_STEP / mean_raw if mean_raw > 0 else math.inf,
+            }
+        return modules
+
+
+def run_calibrate(config: Config, ws: Workspace, *, images: int = 8, domain: int | None = None) -> dict:
+    """Run domain ``domain``'s guided chain (default the last, N) on ``images`` source images and measure the step."""
+    n = domain or config.ptl.N
+    if not 1 <= n <= config.ptl.N:
+        raise DasgenError(f"--domain {n}: must be between 1 and ptl.N = {config.ptl.N}")
+    if images < 1:
+        raise DasgenError(f"--images {images}: must be >= 1")
+    if config.sgg.arrangement == "none":
+        raise DasgenError("sgg.arrangement: none -- there is no guidance to calibrate")
+    started = time.time()
+    device = resolve_device(config.run.device)
+    entries, _ = load_source_pairs(ws, config)
+    ids = sorted(e.id for e in entries)[:images]
+    store = PairStore(source_reader(config, ws.root), entries, config.data.resolution)
+    judge_n, judge_path = judge_for(ws, config, n)
+    judge = load_segmenter(judge_path, device=device, expect_arch=config.segmenter.arch,
+                           expect_classes=NUM_TRAIN_CLASSES)
+    judge.eval().requires_grad_(False)
+    eps_fn = make_eps_fn(load_denoiser(ws.diffusion_model, device=device, require_checksum=True))
+    if config.ptl.unet_bf16:
+        eps_fn = autocast_denoiser(eps_fn, torch.bfloat16)
+    chain = domain_chain(config, n)
+    recorder = StepRecorder(config.sgg.max_step)
+    guidance = domain_guidance(config, judge, n, len(chain), observer=recorder)
+    x0, labels = store.batch(ids)
+    x0, labels = x0.to(device), labels.to(device)
+    consistency = {}
+    for name, guide in (("guided", guidance.for_labels(labels)), ("unguided", None)):
+        generators = [image_generator(config.run.seed, n, i) for i in ids]  # the domain stage's noise
+        out = translate(x0, denoiser=eps_fn, schedule=chain, generators=generators, guide=guide)
+        with torch.inference_mode():
+            quantised = torch.stack([to_model_tensor(to_uint8(img)) for img in out]).to(device)
+            consistency[name] = label_consistency(judge(quantised).argmax(1).cpu(), labels.cpu())
+    return {
+        "domain": n,
+        "t": domain_noise_levels(config.ptl)[n - 1],
+        "reverse_steps": len(chain),
+        "images": len(ids),
+        "judge": {"segmenter": f"g_{judge_n}", "path": str(judge_path)},
+        "lambda": config.sgg.lambda_,
+        "loss_reduction": config.sgg.loss_reduction,
+        "gradient_at": config.sgg.gradient_at,
+        "max_step": config.sgg.max_step,
+        "resolution": list(config.data.resolution),
+        "thresholds": {"inert_below": INERT_BELOW, "explosive_above": EXPLOSIVE_ABOVE, "target": TARGET_STEP},
+        "modules": recorder.summary(config.sgg.lambda_),
+        "consistency": {"guided": consistency["guided"], "unguided": consistency["unguided"],
+                        "gain": consistency["guided"] - consistency["unguided"]},
+        "wall_s": round(time.time() - started, 1),
+    }
+
+
+def render_calibration(result: dict) -> list[str]:
+    """The report as lines for a terminal."""
+    lines = [f"domain {result['domain']} (t = {result['t']}, {result['reverse_steps']} reverse steps) on "
+             f"{result['images']} source images, judged by {result['judge']['segmenter']}; lambda = "
+             f"{result['lambda']:g}, loss reduction {result['loss_reduction']}, gradient at {result['gradient_at']}, "
+             f"cap {result['max_step']}"]
+    for module, m in result["modules"].items():
+        s, r = m["step_over_noise"], m["raw_step_over_noise"]
+        lines.append(f"  {module.upper()}: step / sqrt(beta_t) mean {s['mean']:.3g} (min {s['min']:.3g}, max "
+                     f"{s['max']:.3g}); before the cap {r['mean']:.3g}; {100 * m['clipped_share']:.2f} % of pixels "
+                     f"capped -> {m['verdict'].upper()}; lambda for {result['thresholds']['target']:g}: "
+                     f"{m['suggested_lambda']:.3g}")
+    c = result["consistency"]
+    lines.append(f"  label consistency (judge mIoU vs source labels): guided {c['guided']:.3f}, unguided "
+                 f"{c['unguided']:.3f} ({c['gain']:+.3f})")
+    t = result["thresholds"]
+    lines.append(f"  verdicts: inert below {t['inert_below']:g}, explosive above {t['explosive_above']:g} "
+                 "(docs/guidance.md)")
+    return lines
+
