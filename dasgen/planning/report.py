@@ -124,4 +124,6 @@ def render_plan(report: dict, max_rows: int = 12) -> str:
             console.print(line, highlight=False, soft_wrap=True)
     for note in report["deviations"]:
         console.print(f"deviation from the paper: {note}")
+    console.print("before the long run: `dasgen calibrate` measures the guidance step on your data (docs/guidance.md)",
+                  highlight=False, soft_wrap=True)
     return buffer.getvalue()
