@@ -79,15 +79,18 @@ def test_yaml_scientific_strings_are_floats_and_hash_is_stable():
 
 
 def test_an_option_added_off_leaves_the_hash_of_runs_that_do_not_use_it():
-    """sgg.step_rms was added after ablation runs were recorded: off, it is not hashed (their params_sha256 stay
-    valid) though it is still in the params dict; set, it changes the hash."""
+    """sgg.step_rms and segmenter.allow_partial_weights were added after runs were recorded: off, they are not hashed
+    (their params_sha256 stay valid) though they are still in the params dict; set, they change the hash."""
     config = Config()
     without = config.to_dict()
     assert without["sgg"].pop("step_rms") is None
+    assert without["segmenter"].pop("allow_partial_weights") is False
     assert config.sha256() == hashlib.sha256(json.dumps(without, sort_keys=True).encode()).hexdigest()
     assert config_from_dict({"sgg": {"step_rms": 0.2}}).sha256() != config.sha256()
+    assert config_from_dict({"segmenter": {"allow_partial_weights": True}}).sha256() != config.sha256()
     assert config_from_dict({"sgg": {"max_step": None}}).sha256() != config.sha256()  # other options: always hashed
     assert config.hashed_dict()["sgg"] == without["sgg"]  # what fingerprints are built from
+    assert config.hashed_dict()["segmenter"] == without["segmenter"]
     with pytest.raises(TypeError, match="scalar default"):  # a list default could never compare equal: refused
         knob([1, 2], hashed_when_off=False)
 
