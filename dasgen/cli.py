@@ -282,11 +282,18 @@ def plan(
     source_images: Annotated[Optional[int], typer.Option("--source-images", min=1,
                                                          help="Price this many source images (e.g. 24966 for GTA5) "
                                                          "instead of the scanned count.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="Wall time on this many GPUs (torchrun ranks).")] = 8,
+    gpu_tflops: Annotated[Optional[float], typer.Option(
+        "--gpu-tflops", min=0.001, help="Sustained TFLOP/s of one GPU (default: an assumed 100; measure yours).")]
+    = None,
 ) -> None:
-    """Print the PTL schedule (domains, noise levels, steps, images) and its cost before anything runs."""
+    """Print the run's GPU time, peak GPU memory and disk, then the PTL schedule and its work units, before anything
+    runs."""
+    from dasgen.planning.costs import ASSUMED_GPU_TFLOPS
     from dasgen.planning.report import plan_report, render_plan
 
-    report = plan_report(State.config(), State.ws(), source_images=source_images)
+    report = plan_report(State.config(), State.ws(), source_images=source_images, gpus=gpus,
+                         gpu_tflops=ASSUMED_GPU_TFLOPS if gpu_tflops is None else gpu_tflops)
     if as_json:
         print(json.dumps(report))
     else:

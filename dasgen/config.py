@@ -137,7 +137,12 @@ class SegmenterConfig:
     arch: str = "toy"  # toy | deeplabv3_resnet50/101 | fcn_resnet50/101 | module:factory
     width: int = knob(32, min=1)  # toy net channel width
     input_size: Optional[list[int]] = None  # resize inside the segmenter (e.g. [512, 1024]); None = as given
-    weights: Optional[str] = None  # local .safetensors initial weights (e.g. ImageNet backbone); never downloaded
+    # initial weights: a local .safetensors file, or imagenet (torchvision's / transformers' published encoder, from
+    # their cache or downloaded); None = random init
+    weights: Optional[str] = None
+    # a weights file that fills only part of the network is refused (a wrong file would otherwise train from random
+    # init unnoticed); True loads it anyway
+    allow_partial_weights: bool = False
     eval_protocol: Literal[19, 16, 13] = 19  # 19 for GTA5, 16 (or 13) for SYNTHIA
     # BatchNorm layers while g trains: train (statistics updated) | frozen (statistics and affine fixed, as DeepLab-V2
     # in domain-adaptive segmentation code; needs pretrained statistics). docs/guidance.md, "The judge's BatchNorm"
@@ -388,6 +393,10 @@ def _cross_checks(config: Config, source: str) -> None:
                           f"({config.ptl.t_final}); the DDPM must learn every noise level the domains use")
     if len(d.train.adam_betas) != 2:
         raise ConfigError(f"{source}: diffusion.train.adam_betas: expected two numbers")
+    if config.segmenter.weights == "imagenet" and (config.segmenter.arch == "toy" or ":" in config.segmenter.arch):
+        raise ConfigError(f"{source}: segmenter.weights: imagenet: arch {config.segmenter.arch!r} has no published "
+                          "ImageNet weights (the paper nets, torchvision and SegFormer archs do); give a local "
+                          ".safetensors file or null")
     if config.segmenter.input_size is not None and len(config.segmenter.input_size) != 2:
         raise ConfigError(f"{source}: segmenter.input_size: expected [height, width] or null")
 

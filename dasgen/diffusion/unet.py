@@ -2,17 +2,23 @@
 
 The model is saved in the diffusers ``save_pretrained`` layout (``config.json`` +
 ``diffusion_pytorch_model.safetensors``), so a user can bring any pretrained unconditional diffusers DDPM UNet instead
-of training one. Loading never uses pickle and never reaches the Hugging Face Hub.
+of training one (``diffusion.pretrained``: a directory, or a Hub id through diffusers' own loader,
+:func:`load_pretrained_denoiser`), checked against the params first: the noise schedule its ``scheduler_config.json``
+records (beta schedule and range, T), its prediction type and its sample size. Loading never uses pickle; only a Hub id
+reaches the Hugging Face Hub (or its cache).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers import UNet2DModel
@@ -23,6 +29,8 @@ from dasgen.io.atomic import fsync_dir, sha256_file
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
 CHECKSUM_NAME = "dasgen_checksum.json"  # {"weights_sha256": ...}: written beside the weights by save_denoiser
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"  # a diffusers scheduler's config: the schedule the UNet was trained on
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the Hugging Face Hub spells a repository
 
 
 def build_unet(
@@ -144,13 +152,7 @@ def load_denoiser(directory: Path, *, device: str | torch.device = "cpu",
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{config_path}: unreadable diffusers config ({error})") from error
-    if not isinstance(config, dict) or config.get("_class_name") != "UNet2DModel":
-        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
-        raise CheckpointError(f"{config_path}: _class_name is {found!r}, expected 'UNet2DModel'")
-    if config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None:
-        raise CheckpointError(f"{config_path}: class-conditional UNet2DModel; dasgen needs an unconditional denoiser")
-    if config.get("in_channels", 3) != 3 or config.get("out_channels", 3) not in (3, 6):
-        raise CheckpointError(f"{config_path}: in_channels/out_channels must be 3 / 3 (or 6 with learned variance)")
+    _check_unet_config(config, str(config_path))
     weights = model_dir / WEIGHTS_NAME
     if not weights.is_file():
         pickled = model_dir / "diffusion_pytorch_model.bin"
@@ -165,6 +167,128 @@ def load_denoiser(directory: Path, *, device: str | torch.device = "cpu",
     except Exception as error:  # noqa: BLE001 - diffusers raises anything (ZeroDivisionError for 0 norm groups)
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise CheckpointError(f"{model_dir}: cannot load UNet2DModel ({reason})") from None
+    return unet.to(device).eval()
+
+
+def _check_unet_config(config: Any, where: str) -> None:
+    """One-line CheckpointError unless ``config`` (a ``config.json``) is an unconditional 3-channel UNet2DModel."""
+    if not isinstance(config, dict) or config.get("_class_name") != "UNet2DModel":
+        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{where}: _class_name is {found!r}, expected 'UNet2DModel'")
+    if config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None:
+        raise CheckpointError(f"{where}: class-conditional UNet2DModel; dasgen needs an unconditional denoiser")
+    if config.get("in_channels", 3) != 3 or config.get("out_channels", 3) not in (3, 6):
+        raise CheckpointError(f"{where}: in_channels/out_channels must be 3 / 3 (or 6 with learned variance)")
+
+
+@dataclass(frozen=True)
+class DenoiserExpectation:
+    """What the params say a denoiser was trained for: the noise schedule (T, linear betas from ``beta_start`` to
+    ``beta_end``, Sec. 5.1) and the translation resolution (H, W)."""
+
+    num_train_timesteps: int
+    beta_start: float
+    beta_end: float
+    resolution: tuple[int, int]
+
+
+# diffusers' DDPMScheduler defaults: what a scheduler_config.json that leaves a field out means
+_SCHEDULER_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+                       "prediction_type": "epsilon", "trained_betas": None}
+
+
+def check_pretrained_config(unet_config: dict, scheduler_config: dict | None, expect: DenoiserExpectation,
+                            *, unet_where: str, scheduler_where: str = "") -> None:
+    """Refuse, with one CheckpointError line naming the field and the params key to change, a pretrained denoiser
+    trained for something other than the params: another sample size than ``data.resolution``, or -- when its
+    scheduler config is known -- another beta schedule or range, another T, or a prediction other than eps (Eq. 4).
+    Without a scheduler config only the UNet is checked: the params then define the schedule. ``unet_where`` /
+    ``scheduler_where``: the two configs' paths (or Hub names), for the messages."""
+    _check_unet_config(unet_config, unet_where)
+    size = unet_config.get("sample_size")
+    if size is not None:
+        size = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(v) for v in size)
+        if size != tuple(expect.resolution):
+            raise CheckpointError(f"{unet_where}: trained at {size[0]}x{size[1]} (sample_size), but "
+                                  f"data.resolution is {list(expect.resolution)}; set data.resolution: "
+                                  f"[{size[0]}, {size[1]}] or bring a model of that size")
+    if scheduler_config is None:
+        return
+    sched = {**_SCHEDULER_DEFAULTS, **scheduler_config}
+    at = scheduler_where
+    if sched["trained_betas"] is not None or sched["beta_schedule"] != "linear":
+        kind = "trained_betas" if sched["trained_betas"] is not None else f"beta_schedule {sched['beta_schedule']!r}"
+        raise CheckpointError(f"{at}: {kind}, but dasgen's noise schedule is linear (diffusion.beta_start/beta_end, "
+                              "Sec. 5.1); a model trained on another schedule predicts the wrong noise")
+    if int(sched["num_train_timesteps"]) != expect.num_train_timesteps:
+        raise CheckpointError(f"{at}: num_train_timesteps {sched['num_train_timesteps']}, but "
+                              f"diffusion.num_train_timesteps is {expect.num_train_timesteps}; make them equal")
+    for key in ("beta_start", "beta_end"):
+        if not math.isclose(float(sched[key]), getattr(expect, key), rel_tol=1e-6):
+            raise CheckpointError(f"{at}: {key} {sched[key]}, but diffusion.{key} is {getattr(expect, key)}; "
+                                  "make them equal")
+    if sched["prediction_type"] != "epsilon":
+        raise CheckpointError(f"{at}: prediction_type {sched['prediction_type']!r}, but dasgen's sampler takes a "
+                              "noise (epsilon) prediction, Eq. 4; bring an epsilon-prediction model")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _local_scheduler_config(directory: Path, model_dir: Path) -> Path | None:
+    """The scheduler config of a local model: beside the UNet, or in the pipeline's ``scheduler/`` folder."""
+    for candidate in (model_dir / SCHEDULER_CONFIG_NAME, directory / "scheduler" / SCHEDULER_CONFIG_NAME,
+                      model_dir.parent / "scheduler" / SCHEDULER_CONFIG_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_pretrained_denoiser(spec: str, *, root: Path, expect: DenoiserExpectation,
+                             device: str | torch.device = "cpu") -> UNet2DModel:
+    """``diffusion.pretrained``: a local diffusers folder (relative to ``root``) or a Hugging Face Hub id
+    (``owner/name``, a UNet2DModel or a DDPM pipeline with ``unet/`` and ``scheduler/``) loaded with diffusers' own
+    ``from_pretrained`` (the Hub, or its cache offline), checked by :func:`check_pretrained_config` before its
+    weights are read. Safetensors weights only; one-line CheckpointError for anything else."""
+    directory = Path(root) / spec
+    if directory.is_dir():
+        model_dir = _model_dir(directory)
+        scheduler = _local_scheduler_config(directory, model_dir)
+        check_pretrained_config(_read_json(model_dir / CONFIG_NAME),
+                                None if scheduler is None else _read_json(scheduler), expect,
+                                unet_where=str(model_dir / CONFIG_NAME), scheduler_where=str(scheduler))
+        return load_denoiser(directory, device=device)
+    if not HUB_ID.match(spec) or Path(spec).is_absolute():
+        raise CheckpointError(f"diffusion.pretrained: {directory}: no such directory (nor a Hub id 'owner/name')")
+    from diffusers import DDPMScheduler
+
+    def hub_config(cls: Any, subfolder: str | None) -> dict | None:
+        try:
+            return dict(cls.load_config(spec, subfolder=subfolder))
+        except (OSError, ValueError):  # EnvironmentError: not in that folder, not on the Hub, not cached offline
+            return None
+
+    subfolder = "unet" if hub_config(UNet2DModel, "unet") is not None else None
+    unet_config = hub_config(UNet2DModel, subfolder)
+    if unet_config is None:
+        raise CheckpointError(f"diffusion.pretrained: {spec}: neither a folder under {Path(root).resolve()} nor a "
+                              "UNet2DModel on the Hugging Face Hub or in its cache (offline: fill the cache first)")
+    scheduler = hub_config(DDPMScheduler, "scheduler" if subfolder else None)
+    check_pretrained_config(unet_config, scheduler, expect, unet_where=f"{spec}/{subfolder or '.'}/{CONFIG_NAME}",
+                            scheduler_where=f"{spec}/{'scheduler/' if subfolder else ''}{SCHEDULER_CONFIG_NAME}")
+    try:
+        unet = UNet2DModel.from_pretrained(spec, subfolder=subfolder, use_safetensors=True, low_cpu_mem_usage=False)
+    except Exception as error:  # noqa: BLE001 - diffusers raises OSError, EnvironmentError, ValueError ...
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise CheckpointError(f"diffusion.pretrained: {spec}: cannot load its UNet2DModel with safetensors weights "
+                              f"({reason})") from None
     return unet.to(device).eval()
 
 

@@ -18,15 +18,25 @@ from dasgen.pipeline.common import target_reader
 
 
 def new_segmenter(config: Config, root: Path = Path(".")) -> Segmenter:
-    """A fresh g from ``params.yaml: segmenter`` (with the user's local initial weights when given); its random
-    initial weights come from ``run.seed``, so g_0 trains to the same weights on every run."""
+    """A fresh g from ``params.yaml: segmenter``; its random initial weights come from ``run.seed``, so g_0 trains to
+    the same weights on every run. ``segmenter.weights`` then fills it: a local .safetensors file (relative to
+    ``root``) or ``imagenet`` (the library's published encoder). A partial load stops here with one line unless
+    ``segmenter.allow_partial_weights``; the source and tensor counts are kept on the model
+    (``model.initial_weights``), so its checkpoint sidecar records them."""
     s = config.segmenter
     with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: seed a private copy of it
         torch.manual_seed(image_seed(config.run.seed, 0, "segmenter-init"))
         model = build_segmenter(s.arch, num_classes=NUM_TRAIN_CLASSES, width=s.width,
                                 input_size=tuple(s.input_size) if s.input_size else None)
-    if s.weights:
-        load_initial_weights(model, root / s.weights)
+    if s.weights == "imagenet":
+        from dasgen.segment.pretrained import load_imagenet_weights  # torchvision/transformers weight APIs
+
+        report = load_imagenet_weights(model, allow_partial=s.allow_partial_weights)
+    elif s.weights:
+        report = load_initial_weights(model, root / s.weights, allow_partial=s.allow_partial_weights)
+    else:
+        return model
+    model.initial_weights = report.provenance()
     return model
 
 

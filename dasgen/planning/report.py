@@ -1,4 +1,5 @@
-"""Assemble and render ``dasgen plan``: schedule, work units and (when measured) an estimated wall time."""
+"""Assemble and render ``dasgen plan``: GPU time, peak GPU memory and disk first, then the schedule, its work units
+and (when measured) the CPU time estimate."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ from rich.console import Console
 from rich.table import Table
 
 from dasgen.config import Config
-from dasgen.planning.costs import estimate_cost, render_estimate
+from dasgen.planning.costs import ASSUMED_GPU_TFLOPS, estimate_cost, render_estimate
+from dasgen.planning.disk import estimate_disk, render_disk
+from dasgen.planning.gpu import estimate_gpu, render_gpu
+from dasgen.planning.memory import estimate_memory, parameter_counts, render_memory
 from dasgen.planning.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
 from dasgen.pipeline.workspace import Workspace
 
 
-def plan_report(config: Config, ws: Workspace, *, source_images: int | None = None) -> dict:
+def plan_report(config: Config, ws: Workspace, *, source_images: int | None = None, gpus: int = 1,
+                gpu_tflops: float = ASSUMED_GPU_TFLOPS) -> dict:
     """The schedule of every domain and the totals; uses the scanned source (if any) for image and class counts.
 
-    ``source_images`` prices a source that is not scanned yet (e.g. 24,966 for GTA5).
+    ``source_images`` prices a source that is not scanned yet (e.g. 24,966 for GTA5). ``gpus``: the K of the wall
+    time on K GPUs; ``gpu_tflops``: sustained throughput per GPU (default: the assumption in planning/costs.py).
+    ``warnings`` says what was assumed for want of a scan.
     """
     classes, measured = ASSUMED_CLASSES_PER_IMAGE, False
+    warnings = []
     if source_images is not None:
-        pass
+        warnings.append(f"pricing {source_images:,} source images (--source-images) with an assumed {classes:g} "
+                        "classes per image; without --source-images a scanned source (`dasgen scan`) gives both")
     elif ws.source_pairs.is_file():
         record = json.loads(ws.source_pairs.read_text())
         source_images = len(record["entries"])
@@ -29,10 +38,17 @@ def plan_report(config: Config, ws: Workspace, *, source_images: int | None = No
         measured = True
     else:
         source_images = config.toy.n_source
+        warnings.append(f"source not scanned: pricing {source_images:,} source images (toy.n_source, the toy's count) "
+                        f"with an assumed {classes:g} classes per image; run `dasgen scan` or pass --source-images")
     costs = schedule_costs(config, source_images)
+    params = parameter_counts(config)
     return {
         "source_images": source_images,
         "source_scanned": measured,
+        "warnings": warnings,
+        "gpu": estimate_gpu(config, costs, classes, gpus=gpus, tflops=gpu_tflops),
+        "memory": estimate_memory(config, classes, params),
+        "disk": estimate_disk(config, costs, params),
         "domains": [c.__dict__ for c in costs],
         "totals": plan_totals(config, costs, classes),
         "estimate": estimate_cost(config, costs, classes),
@@ -114,14 +130,21 @@ def render_plan(report: dict, max_rows: int = 12) -> str:
         totals.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
     buffer = io.StringIO()
     console = Console(file=buffer, width=100, force_terminal=False)
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+    for warning in report.get("warnings", []):
+        say(f"warning: {warning}")
+    for part, render in (("gpu", render_gpu), ("memory", render_memory), ("disk", render_disk)):
+        if part in report:
+            for line in render(report[part]):
+                say(line)
     console.print(table)
     console.print(totals)
-    if not report["source_scanned"]:
-        console.print(f"(source not scanned: {report['source_images']:,} source images priced (--source-images, else "
-                      f"toy.n_source), {ASSUMED_CLASSES_PER_IMAGE} classes per image assumed)")
     if "estimate" in report:
         for line in render_estimate(report["estimate"]):
-            console.print(line, highlight=False, soft_wrap=True)
+            say(line)
     for note in report["deviations"]:
         console.print(f"deviation from the paper: {note}")
     console.print("before the long run: `dasgen calibrate` measures the guidance step on your data (docs/guidance.md)",

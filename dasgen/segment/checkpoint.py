@@ -2,8 +2,9 @@
 
 A checkpoint ``g_n.safetensors`` holds the :class:`~dasgen.segment.models.Segmenter` state dict (keys ``net.*``);
 its sidecar ``g_n.json`` holds what rebuilds the model (arch, classes, input size, normalisation, toy width), the
-format version, the weights' sha256 and caller metadata (e.g. the domain n it was fine-tuned on). Both files are
-written atomically, weights first, so a sidecar never describes weights that are not on disk.
+format version, the weights' sha256, where the initial weights came from with their tensor counts
+(``initial_weights``, when g started from any) and caller metadata (e.g. the domain n it was fine-tuned on). Both
+files are written atomically, weights first, so a sidecar never describes weights that are not on disk.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from dasgen.errors import CheckpointError, ConfigError
-from dasgen.segment.models import Segmenter, build_segmenter
+from dasgen.segment.models import HEAD_PREFIXES, SEGFORMER_ARCHS, Segmenter, build_segmenter
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
-_RESERVED = ("arch", "num_classes", "input_size", "normalisation", "width", "format_version", "weights_sha256")
+_RESERVED = ("arch", "num_classes", "input_size", "normalisation", "width", "format_version", "weights_sha256",
+             "initial_weights")
 
 
 def sidecar_path(path: Path) -> Path:
@@ -170,39 +172,80 @@ def load_segmenter(
                          + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""))
         raise CheckpointError(f"{path}: weights do not fit {arch!r}: " + "; ".join(parts))
     model.load_state_dict(tensors, strict=True)
+    if isinstance(sidecar.get("initial_weights"), dict):  # g_n keeps g_0's record of where its weights began
+        model.initial_weights = sidecar["initial_weights"]
     return model.to(device).eval()
 
 
 @dataclass
 class InitialWeightsReport:
-    """What :func:`load_initial_weights` did: tensors loaded, and keys skipped for each reason."""
+    """What an initial-weights load did: tensors loaded, the network's tensors it was expected to fill, and the keys
+    skipped for each reason. ``expected`` counts the network's tensors outside its task head (the class-count
+    dependent layers, :data:`~dasgen.segment.models.HEAD_PREFIXES`) and without BatchNorm's step counters; ``filled``
+    how many of those the weights gave. A load is complete when ``filled == expected``."""
 
     prefix: str
-    loaded: int
+    loaded: int  # tensors loaded in all (the head's too, e.g. from a whole segmenter checkpoint)
     missing: list[str] = field(default_factory=list)  # model keys the file did not provide (e.g. the new head)
     unexpected: list[str] = field(default_factory=list)  # file keys the model has no slot for (e.g. ImageNet fc)
     shape_mismatch: list[str] = field(default_factory=list)  # same key, different shape (e.g. another class count)
+    expected: int = 0
+    filled: int = 0
+    file_tensors: int = 0
+    source: str = ""
+    sha256: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.expected
 
     def summary(self) -> str:
-        return (f"loaded {self.loaded} tensors under prefix {self.prefix!r}; {len(self.missing)} model keys kept "
-                f"their init, {len(self.unexpected)} file keys unused, {len(self.shape_mismatch)} shape mismatches")
+        return (f"loaded {self.filled} of the {self.expected} tensors the network expects ({self.loaded} in all, "
+                f"under prefix {self.prefix!r}); {len(self.missing)} model keys kept their init, "
+                f"{self.file_tensors - self.loaded} of the file's {self.file_tensors} tensors unused, "
+                f"{len(self.shape_mismatch)} shape mismatches")
+
+    def provenance(self) -> dict[str, Any]:
+        """The record a checkpoint sidecar keeps (``initial_weights``): where from, and the tensor counts."""
+        record = {"source": self.source, "loaded": self.filled, "expected": self.expected,
+                  "loaded_in_all": self.loaded, "file_tensors": self.file_tensors, "complete": self.complete}
+        if self.sha256 is not None:
+            record["sha256"] = self.sha256
+        return record
 
 
-def load_initial_weights(model: Segmenter, path: Path) -> InitialWeightsReport:
-    """Initialise ``model`` (in place) from a local .safetensors state dict, e.g. converted ImageNet backbone weights.
+def initial_weights_scope(model: Segmenter) -> list[str]:
+    """The state-dict keys a complete initialisation of ``model`` fills: every tensor but the arch's task head
+    (:data:`~dasgen.segment.models.HEAD_PREFIXES`; all of a plug-in) and BatchNorm's ``num_batches_tracked``
+    counters (bookkeeping, absent from older ImageNet files)."""
+    head = HEAD_PREFIXES.get(model.arch, ())
+    return [k for k in model.state_dict() if not k.startswith(head) and not k.endswith("num_batches_tracked")]
 
-    Non-strict: the file's keys are matched under whichever prefix fits most tensors -- ``""`` (a full Segmenter
-    state dict), ``"net."`` (the bare network) or ``"net.backbone."`` (a torchvision ResNet's ImageNet weights into a
-    DeepLab/FCN backbone) -- after stripping a DataParallel ``module.`` prefix; tensors whose shape differs are
-    skipped. Returns (and logs) what was loaded; CheckpointError when nothing fits or the file is pickle-based.
+
+def apply_initial_state(
+    model: Segmenter,
+    tensors: dict[str, torch.Tensor],
+    *,
+    source: str,
+    prefixes: tuple[str, ...] = ("", "net.", "net.backbone."),
+    allow_partial: bool = False,
+    sha256: str | None = None,
+    file_tensors: int | None = None,
+) -> InitialWeightsReport:
+    """Load ``tensors`` into ``model`` (in place) under whichever of ``prefixes`` fits most tensors, skipping keys the
+    model lacks and tensors of another shape; returns the report (also logged).
+
+    Refuses with one CheckpointError line naming ``source`` when nothing fits, or when the load is partial -- fewer
+    than the :func:`initial_weights_scope` tensors filled, e.g. a file for another network of which one name happens
+    to match -- unless ``allow_partial`` (then it loads and logs a warning). The model is unchanged when refused.
+    ``file_tensors``: the file's tensor count when ``tensors`` was already narrowed (default ``len(tensors)``).
     """
-    path = Path(path)
-    tensors, _ = _read_weights(path)
     tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
     target = model.state_dict()
+    scope = initial_weights_scope(model)
     best: InitialWeightsReport | None = None
     chosen: dict[str, torch.Tensor] = {}
-    for prefix in ("", "net.", "net.backbone."):
+    for prefix in prefixes:
         renamed = {prefix + key: value for key, value in tensors.items()}
         fits = {k: v for k, v in renamed.items() if k in target and target[k].shape == v.shape}
         if best is None or len(fits) > best.loaded:
@@ -213,10 +256,53 @@ def load_initial_weights(model: Segmenter, path: Path) -> InitialWeightsReport:
                 missing=sorted(set(target) - set(renamed)),
                 unexpected=sorted(set(renamed) - set(target)),
                 shape_mismatch=sorted(k for k in renamed if k in target and target[k].shape != renamed[k].shape),
+                expected=len(scope),
+                filled=sum(k in fits for k in scope),
+                file_tensors=len(tensors) if file_tensors is None else file_tensors,
+                source=source,
+                sha256=sha256,
             )
     assert best is not None
     if best.loaded == 0:
-        raise CheckpointError(f"{path}: no tensor matches the {model.arch!r} segmenter (checked key names and shapes)")
+        raise CheckpointError(f"{source}: no tensor matches the {model.arch!r} segmenter (checked key names and "
+                              "shapes)")
+    if not best.complete:
+        unfilled = [k for k in scope if k not in chosen]
+        message = (f"{source}: partial load, {best.filled} of the {best.expected} tensors {model.arch!r} expects "
+                   f"from initial weights ({len(unfilled)} not filled, e.g. {_abbrev(unfilled, 2)}; "
+                   f"{best.file_tensors - best.loaded} of the file's {best.file_tensors} tensors unused)")
+        if not allow_partial:
+            raise CheckpointError(f"{message}; not weights for this network -- fix segmenter.weights, or set "
+                                  "segmenter.allow_partial_weights: true to train from it anyway")
+        log.warning("%s; loaded anyway (segmenter.allow_partial_weights)", message)
     model.load_state_dict(chosen, strict=False)
-    log.info("%s: %s", path, best.summary())
+    log.info("%s: %s", source, best.summary())
     return best
+
+
+def load_initial_weights(model: Segmenter, path: Path, *, allow_partial: bool = False) -> InitialWeightsReport:
+    """Initialise ``model`` (in place) from a local .safetensors state dict, e.g. converted ImageNet backbone weights.
+
+    The file's keys are matched under whichever prefix fits most tensors -- ``""`` (a full Segmenter state dict),
+    ``"net."`` (the bare network) or ``"net.backbone."`` (a torchvision ResNet's ImageNet weights into a DeepLab/FCN
+    backbone) -- after stripping a DataParallel ``module.`` prefix; tensors whose shape differs are skipped. A VGG16
+    file's fc6/fc7 become FCN-8s's convolutions; a SegFormer file in the Hub's names (``segformer.encoder...``) goes
+    through transformers' own loader. Refuses a partial load unless ``allow_partial`` (:func:`apply_initial_state`);
+    CheckpointError when nothing fits or the file is pickle-based.
+    """
+    path = Path(path)
+    tensors, data = _read_weights(path)
+    count = len(tensors)
+    prefixes: tuple[str, ...] = ("", "net.", "net.backbone.")
+    if model.arch == "fcn8s_vgg16":
+        from dasgen.segment.paper_nets import FCN8s
+
+        tensors = FCN8s.convolutionalise(tensors)
+    if model.arch in SEGFORMER_ARCHS:
+        from dasgen.segment.pretrained import looks_hub_named, segformer_state
+
+        bare = {key.removeprefix("module.").removeprefix("net."): value for key, value in tensors.items()}
+        if looks_hub_named(bare):
+            tensors, prefixes = segformer_state(model.net, bare), ("net.",)
+    return apply_initial_state(model, tensors, source=str(path), prefixes=prefixes, allow_partial=allow_partial,
+                               sha256=sha256_bytes(data), file_tensors=count)

@@ -13,8 +13,9 @@ Architectures (``arch``):
   DAFormer (its MiT encoder, SegFormer's decoder; needs the ``segformer`` extra).
 - ``"deeplabv3_resnet50"``, ``"deeplabv3_resnet101"``, ``"fcn_resnet50"``, ``"fcn_resnet101"``: torchvision models
   built with ``weights=None, weights_backbone=None``.
-- Nothing is ever downloaded: bring ImageNet weights as a local safetensors file
-  (:func:`dasgen.segment.checkpoint.load_initial_weights`).
+- Initial weights (``segmenter.weights``): a local safetensors file
+  (:func:`dasgen.segment.checkpoint.load_initial_weights`), or ``imagenet``, fetched through torchvision's and
+  transformers' own weight APIs (:mod:`dasgen.segment.pretrained`); building a model never downloads anything.
 - ``"module:factory"``: imports ``module`` and calls ``factory(num_classes=...)``; the returned ``nn.Module`` may
   return logits, a dict with ``"out"`` (torchvision style) or an object with ``.logits`` (transformers style, e.g.
   ``SegformerForSemanticSegmentation``); logits at any resolution are resized to the input.
@@ -41,6 +42,17 @@ TORCHVISION_ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50"
 PAPER_ARCHS = ("deeplabv2_resnet101", "fcn8s_vgg16")  # the paper's Sec. 5.1 networks (segment/paper_nets.py)
 SEGFORMER_ARCHS = ("segformer_b0", "segformer_b2", "segformer_b5")  # DAFormer's encoder; needs the segformer extra
 BUILTIN_ARCHS = ("toy", *PAPER_ARCHS, *SEGFORMER_ARCHS, *TORCHVISION_ARCHS)
+
+# The task head of each arch: the layers that depend on the class count and that initial (ImageNet) weights never
+# provide. Every other tensor of the network is what a complete initialisation must fill (see
+# dasgen.segment.checkpoint.initial_weights_scope); a plug-in's head is unknown, so all of it counts.
+HEAD_PREFIXES = {
+    "toy": ("net.classifier.",),
+    "deeplabv2_resnet101": ("net.aspp.",),  # the V2 ASPP classifier (paper_nets.DeepLabV2)
+    "fcn8s_vgg16": ("net.score_",),  # score_fr / score_pool4 / score_pool3; fc6/fc7 come from VGG's classifier
+    **{arch: ("net.decode_head.",) for arch in SEGFORMER_ARCHS},  # ImageNet MiT checkpoints hold the encoder only
+    **{arch: ("net.classifier.", "net.aux_classifier.") for arch in TORCHVISION_ARCHS},
+}
 
 
 # -- normalisation --------------------------------------------------------------------------------------------------
@@ -140,6 +152,9 @@ class Segmenter(nn.Module):
         self.normalisation = normalisation
         self.input_size = tuple(int(v) for v in input_size) if input_size is not None else None
         self.width = width
+        # Where the initial weights came from and how many tensors they filled (set by the caller that loaded them,
+        # e.g. pipeline.segmenters.new_segmenter); the checkpoint sidecar carries it down the chain g_0 -> g_N.
+        self.initial_weights: dict[str, Any] | None = None
         if normalisation["kind"] != "none":
             self.register_buffer("_mean", torch.tensor(normalisation["mean"]).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("_std", torch.tensor(normalisation["std"]).view(1, 3, 1, 1), persistent=False)
@@ -147,14 +162,18 @@ class Segmenter(nn.Module):
             self._mean = self._std = None
 
     def config(self) -> dict[str, Any]:
-        """What :func:`build_segmenter` needs to rebuild this model (written to the checkpoint sidecar)."""
-        return {
+        """What :func:`build_segmenter` needs to rebuild this model, and the provenance of its initial weights when
+        it has any (written to the checkpoint sidecar)."""
+        config = {
             "arch": self.arch,
             "num_classes": self.num_classes,
             "input_size": list(self.input_size) if self.input_size is not None else None,
             "normalisation": dict(self.normalisation),
             "width": self.width,
         }
+        if self.initial_weights is not None:  # absent otherwise, so sidecars of randomly initialised g stay as before
+            config["initial_weights"] = dict(self.initial_weights)
+        return config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x float (B, 3, H, W) in [-1, 1] -> logits (B, num_classes, H, W); differentiable w.r.t. x."""

@@ -1,9 +1,10 @@
 """The paper's segmenters (Sec. 5.1) built from torchvision parts: DeepLab-V2 / ResNet-101 and FCN-8s / VGG16.
 
 torchvision ships DeepLab-V3 and FCN-ResNet, not the two older networks the paper reports (its Tab. 1 "Res-101" rows
-and its VGG16 rows), so they are assembled here from torchvision's backbones, randomly initialised (nothing is
-downloaded; bring ImageNet weights as local safetensors through ``segmenter.weights``). Both return logits at their
-own output stride; :class:`~dasgen.segment.models.Segmenter` resizes them to the input.
+and its VGG16 rows), so they are assembled here from torchvision's backbones, randomly initialised;
+``segmenter.weights: imagenet`` (or a local safetensors file) fills their encoders with ImageNet weights under
+torchvision's key names. Both return logits at their own output stride; :class:`~dasgen.segment.models.Segmenter`
+resizes them to the input.
 
 Parameter counts (19 classes), against the published networks:
 
@@ -18,6 +19,8 @@ Parameter counts (19 classes), against the published networks:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +71,20 @@ class FCN8s(nn.Module):
         for layer in (self.score_pool4, self.score_pool3):  # FCN zero-initialises the skip scores
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    @staticmethod
+    def convolutionalise(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An ImageNet VGG16 state dict (torchvision names) with its fc6/fc7 as FCN's convolutions: ``classifier.0``
+        (4096 x 25088, the flattened 512x7x7 pool5) -> ``fc.0`` (4096, 512, 7, 7), ``classifier.3`` -> ``fc.3``
+        (4096, 4096, 1, 1), as FCN initialises them; the 1000-way ``classifier.6`` is left as it is (unused)."""
+        out = dict(state)
+        for vgg, fcn, shape in (("classifier.0", "fc.0", (4096, 512, 7, 7)),
+                                ("classifier.3", "fc.3", (4096, 4096, 1, 1))):
+            weight = out.get(f"{vgg}.weight")
+            if weight is not None and weight.numel() == math.prod(shape) and f"{vgg}.bias" in out:
+                out[f"{fcn}.weight"] = out.pop(f"{vgg}.weight").reshape(shape)  # (out, in) -> (out, C, kH, kW)
+                out[f"{fcn}.bias"] = out.pop(f"{vgg}.bias")
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool3 = self.features[:17](x)  # (B, 256, H/8, W/8): VGG16 pools at indices 4, 9, 16, 23, 30

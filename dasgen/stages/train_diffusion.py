@@ -16,7 +16,8 @@ from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.train import train_ddpm
 from dasgen.diffusion.training_state import STATE_JSON
-from dasgen.diffusion.unet import build_unet, load_denoiser, make_eps_fn, save_denoiser
+from dasgen.diffusion.unet import (DenoiserExpectation, build_unet, load_pretrained_denoiser, make_eps_fn,
+                                   save_denoiser)
 from dasgen.errors import ConfigError
 from dasgen.seeding import image_seed
 from dasgen.pipeline.chains import base_schedule
@@ -33,7 +34,8 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
     device = resolve_device(config.run.device)
     started = time.time()
     if d.pretrained:
-        unet = load_denoiser(ws.root / d.pretrained, device="cpu")
+        unet = load_pretrained_denoiser(d.pretrained, root=ws.root, expect=DenoiserExpectation(
+            d.num_train_timesteps, d.beta_start, d.beta_end, tuple(config.data.resolution)))
         sha = save_denoiser(unet, ws.diffusion_model)
         metrics = {"pretrained": d.pretrained, "model_sha256": sha,
                    "roundtrip": round_trip(config, make_eps_fn(unet.to(device)), ws.root, device, ws.roundtrip_png)}

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from dasgen.guidance.sgg import IGNORE_INDEX, lcg_gradient
 from dasgen.segment.checkpoint import load_initial_weights, load_segmenter, read_sidecar, save_segmenter
-from dasgen.segment.models import PAPER_ARCHS, SEGFORMER_ARCHS, build_segmenter
+from dasgen.segment.models import HEAD_PREFIXES, PAPER_ARCHS, SEGFORMER_ARCHS, build_segmenter
 
 
 def _needs(arch: str) -> None:
@@ -63,18 +63,25 @@ def test_parameter_counts_match_the_published_networks():
 
 
 def test_imagenet_backbone_weights_load_under_torchvision_names(tmp_path):
+    """torchvision's ImageNet state dicts fill the whole encoder: ResNet-101 without its fc into DeepLab-V2, VGG16
+    with fc6/fc7 reshaped into FCN-8s's convolutions (the 1000-way fc8 unused); only the task head keeps its init."""
     from torchvision.models import resnet101, vgg16
 
-    for arch, net, prefix in (("deeplabv2_resnet101", resnet101(weights=None), "net.backbone."),
-                              ("fcn8s_vgg16", vgg16(weights=None), "net.")):
-        state = {k: v for k, v in net.state_dict().items() if not k.startswith(("fc.", "classifier."))}
+    for arch, net, prefix, unused in (("deeplabv2_resnet101", resnet101(weights=None), "net.backbone.", ("fc.",)),
+                                      ("fcn8s_vgg16", vgg16(weights=None), "net.", ("classifier.6.",))):
+        state = net.state_dict()
         path = tmp_path / f"{arch}-imagenet.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
         target = build_segmenter(arch)
         report = load_initial_weights(target, path)
-        assert report.prefix == prefix and report.loaded == len(state)
+        assert report.prefix == prefix and report.complete and report.filled == report.expected
+        assert report.loaded == len(state) - 2 and report.file_tensors == len(state)
+        assert not [k for k in report.missing if not k.startswith(HEAD_PREFIXES[arch])]
         key = next(iter(state))
         assert torch.equal(target.state_dict()[prefix + key], state[key])
+        assert len(report.unexpected) == 2 and all(k.removeprefix(prefix).startswith(unused) for k in report.unexpected)
+    fc6 = target.net.fc[0].weight  # FCN-8s: VGG's classifier.0 (4096 x 25088) as a 7x7 convolution over pool5
+    assert fc6.shape == (4096, 512, 7, 7) and torch.equal(fc6.flatten(1), state["classifier.0.weight"])
 
 
 @pytest.mark.slow

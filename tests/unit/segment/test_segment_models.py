@@ -327,7 +327,13 @@ def test_load_initial_weights_into_torchvision_backbone(tmp_path, fcn_resnet50):
     imagenet_like["fc.weight"], imagenet_like["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
     path = tmp_path / "resnet50.safetensors"
     save_file(imagenet_like, str(path))
-    report = load_initial_weights(fcn_resnet50, path)
+    before = {k: v.clone() for k, v in fcn_resnet50.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"resnet50.safetensors: partial load, 55 of the 265 tensors "
+                       r"'fcn_resnet50' expects from initial weights \(210 not filled, e\.g\. net\.backbone\.layer2"):
+        load_initial_weights(fcn_resnet50, path)  # the stem and layer1 only: refused unless asked for
+    assert all(torch.equal(v, before[k]) for k, v in fcn_resnet50.state_dict().items())  # and nothing loaded
+    report = load_initial_weights(fcn_resnet50, path, allow_partial=True)
+    assert (report.filled, report.expected, report.file_tensors) == (55, 265, 57) and not report.complete
     assert report.prefix == "net.backbone."
     assert report.unexpected == ["net.backbone.fc.bias", "net.backbone.fc.weight"]
     assert report.loaded == len(imagenet_like) - 2
