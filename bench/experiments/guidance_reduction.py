@@ -12,9 +12,13 @@ g_0 is trained), then on K source images and at reverse positions spread over th
 (t = 1 .. t_N, the paper's gradient at x_k: x_t = q_sample(x_0, t)), take the LCG and GSG gradients under both
 reductions and record the step's RMS over each image as a share of the noise std sqrt(beta_t):
 lambda * beta_t * RMS(grad) / sqrt(beta_t). No cap (params-paper has none). The clean image x_0 is measured too
-(the gradient at x0_hat with a perfect denoiser).
+(the gradient at x0_hat with a perfect denoiser). From the per-position shares follows the chain measure that
+`dasgen calibrate` judges by: for the paper's last domain (600 reverse steps, LCG and GSG alternating), each module's
+steps added up over the chain as a share of the noise the chain injects, sum_t RMS(step_t) / sqrt(sum_t beta_t),
+with the share at each position interpolated between the measured ones.
 
     python bench/experiments/guidance_reduction.py NAME --size 32x64 [--arch toy] [--iters 600] [--batch 8]
+    python bench/experiments/guidance_reduction.py --render   # rebuild the table from the recorded JSONs
 
 Writes docs/results/experiments/guidance-reduction/NAME.json and rebuilds docs/results/experiments/
 guidance-reduction.md from every JSON there. Work files go under data/experiments/guidance-reduction/NAME.
@@ -30,7 +34,9 @@ from pathlib import Path
 
 import torch
 
+from dasgen.commands.calibrate import verdict
 from dasgen.config import load_config
+from dasgen.diffusion.schedule import NoiseSchedule
 from dasgen.datasets.pairs import PairStore
 from dasgen.guidance.sgg import LOSS_REDUCTIONS, gsg_gradient, lcg_gradient
 from dasgen.pipeline.chains import base_schedule
@@ -54,10 +60,26 @@ def rms_per_image(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.pow(2).mean(dim=(1, 2, 3)).sqrt()
 
 
+def chain_over_noise(rows: list[dict], key: str) -> float:
+    """A module's steps over the paper's last chain (positions 1..t_N - 1; it guides every other step) as a share of
+    the chain's noise, the per-position share linearly interpolated between the measured positions."""
+    measured = sorted((r["position"], r[key]) for r in rows if r["position"] is not None and r["position"] > 0)
+    positions = torch.tensor([p for p, _ in measured], dtype=torch.float64)
+    shares = torch.tensor([v for _, v in measured], dtype=torch.float64)
+    betas = NoiseSchedule.linear().betas[1:T_FINAL]  # positions 1 .. t_N - 1 add noise
+    grid = torch.arange(1, T_FINAL, dtype=torch.float64)
+    index = torch.searchsorted(positions, grid).clamp(1, len(positions) - 1)
+    left, right = positions[index - 1], positions[index]
+    weight = ((grid - left) / (right - left)).clamp(0, 1)
+    share = shares[index - 1] + weight * (shares[index] - shares[index - 1])
+    return float(0.5 * (share * betas.sqrt()).sum() / betas.sum().sqrt())  # alternate: half the steps each
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name")
-    parser.add_argument("--size", required=True, help="HxW, e.g. 256x512")
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--render", action="store_true", help="only rebuild the table from the recorded runs")
+    parser.add_argument("--size", help="HxW, e.g. 256x512")
     parser.add_argument("--arch", default="toy")
     parser.add_argument("--iters", type=int, default=600)
     parser.add_argument("--batch", type=int, default=8)
@@ -66,6 +88,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="K images the gradient is measured on")
     parser.add_argument("--positions", type=int, default=13, help="reverse positions spread over 0..t_N")
     args = parser.parse_args()
+    if args.render:
+        render()
+        return
+    if not args.name or not args.size:
+        parser.error("NAME and --size are needed to measure")
     height, width = (int(v) for v in args.size.lower().split("x"))
     work = WORK / args.name
     overrides = {
@@ -129,24 +156,27 @@ def main() -> None:
 
 def render() -> None:
     """docs/results/experiments/guidance-reduction.md from every recorded size."""
-    lines = ["| run | network | size | val mIoU | module | reduction | step / sqrt(beta_t): mean | min | max | "
-             "at x_0 |", "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| network | size | val mIoU | module | reduction | per step / sqrt(beta_t): mean | min | max | at x_0 | "
+             "over the chain / its noise | verdict |",
+             "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     results = [json.loads(p.read_text()) for p in RESULTS.glob("*.json")]
     for r in sorted(results, key=lambda r: (r["arch"], r["size"][0] * r["size"][1], r["name"])):
         for module in ("lcg", "gsg"):
             for reduction in LOSS_REDUCTIONS:
-                s = r["summary"][f"{module}_{reduction}"]
-                lines.append(f"| {r['name']} | {r['arch']} ({r['iters']} it. x {r['batch']}) | "
-                             f"{r['size'][0]}x{r['size'][1]} | {r['target_val_miou']} | {module} | {reduction} | "
-                             f"{s['mean']:.3g} | {s['min']:.3g} | {s['max']:.3g} | {s['clean']:.3g} |")
+                key = f"{module}_{reduction}"
+                s, chain = r["summary"][key], chain_over_noise(r["rows"], key)
+                lines.append(f"| {r['arch']} ({r['iters']} it. x {r['batch']}) | {r['size'][0]}x{r['size'][1]} | "
+                             f"{r['target_val_miou']} | {module} | {reduction} | {s['mean']:.3g} | {s['min']:.3g} | "
+                             f"{s['max']:.3g} | {s['clean']:.3g} | {chain:.3g} | {verdict(chain)} |")
     (RESULTS.parent / "guidance-reduction.md").write_text(
         "# The guidance step under each loss reduction, at three resolutions\n\n"
         "Generated by bench/experiments/guidance_reduction.py: a segmenter trained at each size on the toy (with "
-        "the noisy+masked augmentation), K source images, the paper's gradient at x_t = q_sample(x_0, t) at "
-        "positions spread over t = 1..600 (the paper's last domain), lambda = 80, Sigma = beta_t, no cap. Each cell "
-        "is the RMS over an image of lambda * beta_t * grad divided by the noise std sqrt(beta_t), averaged over "
-        "the images; mean / min / max over the positions; `at x_0` is the clean image.\n\n"
-        + "\n".join(lines) + "\n")
+        "the noisy+masked augmentation), K = 8 source images, the paper's gradient at x_t = q_sample(x_0, t) at "
+        "13 positions spread over t = 1..600 (the paper's last domain), lambda = 80, Sigma = beta_t, no cap. Per "
+        "step: the RMS over an image of lambda * beta_t * grad divided by the noise std sqrt(beta_t), averaged over "
+        "the images; mean / min / max over the positions; `at x_0` is the clean image. Over the chain: the module's "
+        "steps over the paper's 600-step chain (every other step) added up, over sqrt(sum beta_t), the measure "
+        "`dasgen calibrate` judges by (inert below 0.1, explosive above 3).\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

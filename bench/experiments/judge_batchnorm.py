@@ -6,13 +6,14 @@ mode for guidance and scoring. ``segmenter.batchnorm: frozen`` keeps them (and t
 
 On the 32x64 toy with a BatchNorm segmenter (the toy net with BatchNorm in place of GroupNorm, trained with BatchNorm
 in train mode at batch 16 as g_0), one domain's fine-tune is run twice from the same g_0, same batches -- BatchNorm in
-train mode and frozen -- at batch 2 for the paper's 300 iterations with 10 % noisy+masked samples, on L_ada (the
-translated images of the workspace's last domain) + L_src. Recorded per run: how far the running statistics moved
-(mean |delta mu| / sigma_before and mean |log(var_after / var_before)| over the BatchNorm layers), and the judge's
-label consistency (mIoU of its prediction against the source labels) on the translated images and on clean source
-images, and its target val mIoU -- before (g_0) and after (g_1).
+train mode and frozen -- at batch 2 for the paper's 300 iterations with 10 % noisy+masked samples, on L_ada + L_src.
+The adapted images stand for an ideal X^n: labelled target-look images of a second toy (another seed, as the
+ablation's oracle is trained on), so no DDPM is needed and the toy's own target val stays unseen. Recorded per run:
+how far the running statistics moved (mean |delta mu| / sigma_before and mean |log(var_after / var_before)| over the
+BatchNorm layers), and the judge's label consistency (mIoU of its prediction against the labels) on the adapted
+images and on clean source images, and its target val mIoU -- before (g_0) and after (g_1).
 
-    python bench/experiments/judge_batchnorm.py NAME --workspace /path/to/finished/toy/workspace [--seed 0]
+    python bench/experiments/judge_batchnorm.py NAME [--seed 0]
 
 Writes docs/results/experiments/judge-batchnorm/NAME.json and rebuilds docs/results/experiments/judge-batchnorm.md.
 """
@@ -29,9 +30,8 @@ import torch
 from torch import nn
 
 from dasgen.config import load_config
-from dasgen.datasets.io import to_model_tensor
 from dasgen.datasets.pairs import PairStore
-from dasgen.artifact.reader import DomainReader
+from dasgen.datasets.registry import open_dataset
 from dasgen.commands.calibrate import label_consistency
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.common import load_source_pairs, source_reader
@@ -39,9 +39,12 @@ from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_st
 from dasgen.pipeline.workspace import Workspace
 from dasgen.segment.models import ToySegNet, build_segmenter
 from dasgen.segment.train import finetune, train_source
+from dasgen.stages.scan import run_scan
+from dasgen.stages.toy import run_toy
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "docs" / "results" / "experiments" / "judge-batchnorm"
+WORK = REPO / "data" / "experiments" / "judge-batchnorm"
 
 
 def toy_batchnorm_segmenter(num_classes: int, width: int = 32) -> nn.Module:
@@ -76,23 +79,26 @@ def consistency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
-    parser.add_argument("--workspace", required=True, help="a finished toy workspace (make run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--g0-iters", type=int, default=800)
     parser.add_argument("--iters", type=int, default=300, help="fine-tune iterations (paper: 300)")
     parser.add_argument("--batch", type=int, default=2, help="fine-tune batch (paper: 2)")
     args = parser.parse_args()
-    root = Path(args.workspace).resolve()
-    config = load_config(root / "params.yaml", {"run.device": "cpu"})
+    root = WORK / args.name
+    config = load_config(REPO / "params.yaml", {"run.device": "cpu", "toy.n_source": 128, "toy.n_target_train": 1})
     ws = Workspace(root)
+    if not ws.source_pairs.is_file():
+        run_toy(config, root=root, progress=False)
+        run_toy(config, out=root / "adapted-toy", progress=False, seed=1000, n_source=0, n_target_train=0,
+                n_target_val=128)
+        run_scan(config, ws)
     entries, _ = load_source_pairs(ws)
     store = PairStore(source_reader(config, root), entries, config.data.resolution)
-    domain = DomainReader(ws.domain_dir(config.ptl.N, config.ptl.N))
-    ids = sorted(domain.ids())
-    translated = torch.stack([to_model_tensor(domain.read_image(i)) for i in ids])
-    _, labels = store.batch(ids)
-    source_images, _ = store.batch(ids)
-    torch.manual_seed(args.seed)  # test-local init of the BatchNorm judge
+    reader = open_dataset(config.data.target.kind, root / "adapted-toy" / "target", split="val", labelled=True)
+    adapted = PairStore(reader, reader.entries(), config.data.resolution)
+    adapted_images, adapted_labels = adapted.batch([e.id for e in reader.entries()])
+    source_images, source_labels = store.batch([e.id for e in entries])
+    torch.manual_seed(args.seed)  # the BatchNorm judge's initial weights
     g0 = build_segmenter("toy", width=config.segmenter.width)
     g0.net = toy_batchnorm_segmenter(g0.num_classes, config.segmenter.width)
     generator = torch.Generator().manual_seed(args.seed)
@@ -102,11 +108,11 @@ def main() -> None:
     val = target_val_store(config, root)
 
     def judge(model: nn.Module) -> dict:
-        return {"consistency_translated": consistency(model, translated, labels),
-                "consistency_source": consistency(model, source_images, labels),
+        return {"consistency_adapted": consistency(model, adapted_images, adapted_labels),
+                "consistency_source": consistency(model, source_images, source_labels),
                 "target_val_miou": score_on_target(model, config, torch.device("cpu"), val)["miou"]}
 
-    result = {"name": args.name, "workspace": str(root), "seed": args.seed, "fine_tune": {"iters": args.iters,
+    result = {"name": args.name, "seed": args.seed, "fine_tune": {"iters": args.iters,
               "batch": args.batch, "aug_fraction": 0.1}, "g0": judge(g0), "runs": {}}
     before = batchnorm_state(g0)
     for mode in ("train", "frozen"):
@@ -114,8 +120,8 @@ def main() -> None:
         batches = torch.Generator().manual_seed(1000 + args.seed)
 
         def sample_adapted(gen, batch=args.batch):
-            picks = torch.randint(len(ids), (batch,), generator=gen)
-            return translated[picks], labels[picks]
+            picks = torch.randint(len(adapted_images), (batch,), generator=gen)
+            return adapted_images[picks], adapted_labels[picks]
 
         finetune(model, sample_adapted, store.sampler(args.batch), iters=args.iters, lr=5e-4, optimizer="adam",
                  augment=augment, generator=batches, progress=False, batchnorm=mode)
@@ -127,15 +133,15 @@ def main() -> None:
 
 
 def render() -> None:
-    lines = ["| run | judge | BatchNorm | running mean shift (sigmas) | abs log var ratio | consistency on X^N | "
+    lines = ["| run | judge | BatchNorm | running mean shift (sigmas) | abs log var ratio | consistency on adapted | "
              "on source | target val mIoU |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in (json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))):
         g0 = r["g0"]
-        lines.append(f"| {r['name']} | g_0 | - | - | - | {g0['consistency_translated']:.3f} | "
+        lines.append(f"| {r['name']} | g_0 | - | - | - | {g0['consistency_adapted']:.3f} | "
                      f"{g0['consistency_source']:.3f} | {g0['target_val_miou']:.3f} |")
         for mode, run in r["runs"].items():
             lines.append(f"| {r['name']} | g_1 | {mode} | {run['drift']['mean_shift_in_sigmas']:.3f} | "
-                         f"{run['drift']['abs_log_var_ratio']:.3f} | {run['consistency_translated']:.3f} | "
+                         f"{run['drift']['abs_log_var_ratio']:.3f} | {run['consistency_adapted']:.3f} | "
                          f"{run['consistency_source']:.3f} | {run['target_val_miou']:.3f} |")
     (RESULTS.parent / "judge-batchnorm.md").write_text(
         "# The judge's BatchNorm under one fine-tune at batch 2\n\n"

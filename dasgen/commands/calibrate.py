@@ -6,17 +6,22 @@ lot or not at all depends on the loss reduction, the resolution, the segmenter a
 judge (g_{n-1}, or the newest g_m before it that exists, g_0 on a fresh run), records every guided step through the
 guidance's observer, and reports per module (LCG, GSG):
 
-- the step's RMS over an image as a share of the noise std sqrt(beta_t), mean / min / max over the reverse steps that
-  add noise (the last, noiseless step is left out), before the cap (``raw``) and as applied (``step_over_noise``);
+- the step's RMS over an image as a share of the noise std sqrt(beta_t), mean / min / max over the guided reverse
+  steps that add noise (the last, noiseless step is left out), as applied (``step_over_noise``) and before the cap;
+- the module's steps added up over the chain, as a share of the noise the whole chain injects,
+  ``sum_t RMS(step_t) / sqrt(sum_t beta_t)`` (``chain_over_noise``): how far the guidance can move an image against
+  how far the sampling noise does. Unlike the per-step share it does not depend on the chain's length (a chain of
+  n steps of share r adds up to about r * sqrt(n)), so one threshold serves the toy's 25-step chains and the paper's
+  600-step ones;
 - the share of pixels the cap ``sgg.max_step`` clips;
-- a verdict against the thresholds below, and the lambda that would put the raw step at :data:`TARGET_STEP`
-  (the step is linear in lambda before the cap);
+- a verdict on ``chain_over_noise`` (thresholds below), and the lambda that would put it at :data:`TARGET_CHAIN`
+  (the step is linear in lambda before the cap, so the suggestion scales the uncapped measure);
 - the judge's label consistency of the guided and of the unguided translation of the same images and noise.
 
-Thresholds, per reverse step, on the applied step RMS / sqrt(beta_t), read off the toy's measurements
-(docs/guidance.md): below :data:`INERT_BELOW` a module changes nothing measurable (the toy's GSG at 0.004-0.015:
-its arrangements and its removal moved mIoU by 0.1); above :data:`EXPLOSIVE_ABOVE` single steps outweigh the sampling
-noise and paint adversarial patterns (the toy's uncapped LCG: blown-up images).
+Thresholds, read off the toy's measured steps (docs/guidance.md): below :data:`INERT_BELOW` a module changes nothing
+measurable (the toy's GSG, 0.03: its arrangements and its removal moved mIoU by 0.1); above :data:`EXPLOSIVE_ABOVE`
+it paints adversarial patterns (the toy's uncapped LCG, 4.3: 8 % of the images blown up); :data:`TARGET_CHAIN` is
+the toy's capped LCG, the guidance that pays there.
 """
 
 from __future__ import annotations
@@ -44,16 +49,16 @@ from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 
-INERT_BELOW = 0.02  # applied step RMS / sqrt(beta_t) under which a module is inert
-EXPLOSIVE_ABOVE = 1.0  # ... over which single steps outweigh the sampling noise
-TARGET_STEP = 0.15  # where a working module sits: the toy's capped LCG step, the guidance that pays there
+INERT_BELOW = 0.1  # chain_over_noise under which a module is inert
+EXPLOSIVE_ABOVE = 3.0  # ... over which it paints adversarial patterns
+TARGET_CHAIN = 0.36  # where a working module sits: the toy's capped LCG
 
 
-def verdict(step_over_noise: float) -> str:
-    """``inert`` / ``ok`` / ``explosive`` for a mean applied step RMS / sqrt(beta_t) (thresholds above)."""
-    if step_over_noise < INERT_BELOW:
+def verdict(chain_over_noise: float) -> str:
+    """``inert`` / ``ok`` / ``explosive`` for a module's applied ``chain_over_noise`` (thresholds above)."""
+    if chain_over_noise < INERT_BELOW:
         return "inert"
-    if step_over_noise > EXPLOSIVE_ABOVE:
+    if chain_over_noise > EXPLOSIVE_ABOVE:
         return "explosive"
     return "ok"
 
@@ -76,10 +81,12 @@ def label_consistency(preds: torch.Tensor, labels: torch.Tensor, protocol_classe
 
 
 class StepRecorder:
-    """The guidance observer: per module, one row per guided reverse step that adds noise."""
+    """The guidance observer: per module, one row per guided reverse step that adds noise. ``chain_noise`` is the
+    std of the noise the whole chain injects, sqrt(sum of beta_t over its steps that add noise)."""
 
-    def __init__(self, max_step: float | None) -> None:
+    def __init__(self, max_step: float | None, chain_noise: float) -> None:
         self.max_step = max_step
+        self.chain_noise = chain_noise
         self.rows: dict[str, list[dict]] = {"lcg": [], "gsg": []}
 
     def __call__(self, step: GuidedStep) -> None:
@@ -89,7 +96,7 @@ class StepRecorder:
         rms_raw = step.raw.pow(2).mean(dim=(1, 2, 3)).sqrt()  # (B,)
         rms_applied = step.applied.pow(2).mean(dim=(1, 2, 3)).sqrt()  # (B,)
         clipped = float((step.raw.abs() > self.max_step).float().mean()) if self.max_step is not None else 0.0
-        self.rows[step.module].append({"index": step.index, "position": step.position,
+        self.rows[step.module].append({"index": step.index, "position": step.position, "noise_std": noise_std,
                                        "raw": float(rms_raw.mean()) / noise_std,
                                        "applied": float(rms_applied.mean()) / noise_std, "clipped": clipped})
 
@@ -99,14 +106,17 @@ class StepRecorder:
             if not rows:
                 continue
             applied, raw = [r["applied"] for r in rows], [r["raw"] for r in rows]
-            mean_raw = statistics.mean(raw)
+            chain = sum(r["applied"] * r["noise_std"] for r in rows) / self.chain_noise
+            raw_chain = sum(r["raw"] * r["noise_std"] for r in rows) / self.chain_noise
             modules[module] = {
                 "steps": len(rows),
                 "step_over_noise": {"mean": statistics.mean(applied), "min": min(applied), "max": max(applied)},
-                "raw_step_over_noise": {"mean": mean_raw, "min": min(raw), "max": max(raw)},
+                "raw_step_over_noise": {"mean": statistics.mean(raw), "min": min(raw), "max": max(raw)},
+                "chain_over_noise": chain,
+                "raw_chain_over_noise": raw_chain,
                 "clipped_share": statistics.mean(r["clipped"] for r in rows),
-                "verdict": verdict(statistics.mean(applied)),
-                "suggested_lambda": lambda_ * TARGET_STEP / mean_raw if mean_raw > 0 else math.inf,
+                "verdict": verdict(chain),
+                "suggested_lambda": lambda_ * TARGET_CHAIN / raw_chain if raw_chain > 0 else math.inf,
             }
         return modules
 
@@ -133,7 +143,10 @@ def run_calibrate(config: Config, ws: Workspace, *, images: int = 8, domain: int
     if config.ptl.unet_bf16:
         eps_fn = autocast_denoiser(eps_fn, torch.bfloat16)
     chain = domain_chain(config, n)
-    recorder = StepRecorder(config.sgg.max_step)
+    if len(chain) < 2:
+        raise DasgenError(f"--domain {n}: its chain has no reverse step that adds noise (t_n = "
+                          f"{domain_noise_levels(config.ptl)[n - 1]}); calibrate a later domain")
+    recorder = StepRecorder(config.sgg.max_step, chain_noise=float(chain.betas[1:].sum()) ** 0.5)
     guidance = domain_guidance(config, judge, n, len(chain), observer=recorder)
     x0, labels = store.batch(ids)
     x0, labels = x0.to(device), labels.to(device)
@@ -155,7 +168,8 @@ def run_calibrate(config: Config, ws: Workspace, *, images: int = 8, domain: int
         "gradient_at": config.sgg.gradient_at,
         "max_step": config.sgg.max_step,
         "resolution": list(config.data.resolution),
-        "thresholds": {"inert_below": INERT_BELOW, "explosive_above": EXPLOSIVE_ABOVE, "target": TARGET_STEP},
+        "thresholds": {"measure": "chain_over_noise", "inert_below": INERT_BELOW,
+                       "explosive_above": EXPLOSIVE_ABOVE, "target": TARGET_CHAIN},
         "modules": recorder.summary(config.sgg.lambda_),
         "consistency": {"guided": consistency["guided"], "unguided": consistency["unguided"],
                         "gain": consistency["guided"] - consistency["unguided"]},
@@ -170,16 +184,17 @@ def render_calibration(result: dict) -> list[str]:
              f"{result['lambda']:g}, loss reduction {result['loss_reduction']}, gradient at {result['gradient_at']}, "
              f"cap {result['max_step']}"]
     for module, m in result["modules"].items():
-        s, r = m["step_over_noise"], m["raw_step_over_noise"]
-        lines.append(f"  {module.upper()}: step / sqrt(beta_t) mean {s['mean']:.3g} (min {s['min']:.3g}, max "
-                     f"{s['max']:.3g}); before the cap {r['mean']:.3g}; {100 * m['clipped_share']:.2f} % of pixels "
-                     f"capped -> {m['verdict'].upper()}; lambda for {result['thresholds']['target']:g}: "
+        s = m["step_over_noise"]
+        lines.append(f"  {module.upper()}: per step / sqrt(beta_t) mean {s['mean']:.3g} (min {s['min']:.3g}, max "
+                     f"{s['max']:.3g}); over the chain / its noise {m['chain_over_noise']:.3g} (uncapped "
+                     f"{m['raw_chain_over_noise']:.3g}); {100 * m['clipped_share']:.2f} % of pixels capped -> "
+                     f"{m['verdict'].upper()}; lambda for {result['thresholds']['target']:g}: "
                      f"{m['suggested_lambda']:.3g}")
     c = result["consistency"]
     lines.append(f"  label consistency (judge mIoU vs source labels): guided {c['guided']:.3f}, unguided "
                  f"{c['unguided']:.3f} ({c['gain']:+.3f})")
     t = result["thresholds"]
-    lines.append(f"  verdicts: inert below {t['inert_below']:g}, explosive above {t['explosive_above']:g} "
-                 "(docs/guidance.md)")
+    lines.append(f"  verdicts on the chain measure: inert below {t['inert_below']:g}, explosive above "
+                 f"{t['explosive_above']:g} (docs/guidance.md)")
     return lines
 

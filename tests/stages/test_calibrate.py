@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dasgen.cli import app
-from dasgen.commands.calibrate import EXPLOSIVE_ABOVE, INERT_BELOW, TARGET_STEP, verdict
+from dasgen.commands.calibrate import EXPLOSIVE_ABOVE, INERT_BELOW, TARGET_CHAIN, verdict
 
 runner = CliRunner()
 
@@ -27,10 +27,10 @@ def test_calibrate_reports_both_modules_with_a_verdict(tiny_workspace):
         m = report["modules"][module]
         step = m["step_over_noise"]
         assert 0 <= step["min"] <= step["mean"] <= step["max"]
-        assert m["verdict"] == verdict(step["mean"])
+        assert m["verdict"] == verdict(m["chain_over_noise"]) and m["chain_over_noise"] > 0
         assert 0.0 <= m["clipped_share"] <= 1.0
-        # the step is linear in lambda before the cap: the suggestion scales the raw step onto the target
-        assert m["suggested_lambda"] * m["raw_step_over_noise"]["mean"] / report["lambda"] == pytest.approx(TARGET_STEP)
+        # the step is linear in lambda before the cap: the suggestion scales the uncapped chain onto the target
+        assert m["suggested_lambda"] * m["raw_chain_over_noise"] / report["lambda"] == pytest.approx(TARGET_CHAIN)
     assert 0.0 <= report["consistency"]["guided"] <= 1.0 and 0.0 <= report["consistency"]["unguided"] <= 1.0
 
 
@@ -42,8 +42,7 @@ def test_calibrate_verdicts_follow_lambda(tiny_workspace):
         assert small["modules"][module]["verdict"] == "inert", small["modules"][module]
         assert large["modules"][module]["verdict"] == "explosive", large["modules"][module]
         # the trajectories part after the first guided step, so the ratio is not exactly 1e15; its size is
-        ratio = large["modules"][module]["raw_step_over_noise"]["mean"] / small["modules"][module][
-            "raw_step_over_noise"]["mean"]
+        ratio = large["modules"][module]["raw_chain_over_noise"] / small["modules"][module]["raw_chain_over_noise"]
         assert ratio > 1e12
     assert verdict(INERT_BELOW / 2) == "inert" and verdict(EXPLOSIVE_ABOVE * 2) == "explosive"
 
