@@ -52,6 +52,7 @@ class Hdf5Exporter:
         offsets: dict[str, list[int]] = {}
         for i, row in enumerate(ordered):
             offsets.setdefault(row["split"], [i, i])[1] = i + 1
+        files.reserve(FILE_NAME)
         self.file = h5py.File(self.tmp, "w")
         strings = h5py.string_dtype("utf-8")
         self.file.create_dataset("ids", data=[row["id"] for row in ordered], dtype=strings)

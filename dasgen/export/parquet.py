@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from dasgen.io.atomic import temp_name
 from dasgen.export.parts import ExportItem, ExportPlan, FileRecord
+from dasgen.io.paths import relpath_posix
 from dasgen.io.png import encode_png
 from dasgen.artifact.schema import (
     HF_IMAGE,
@@ -75,6 +76,7 @@ class _SplitShards:
         if self.writer is None:
             name = shard_name(self.split, self.number, self.shards)
             self.path = self.files.root / "data" / self.split / name
+            self.files.reserve(relpath_posix(self.path, self.files.root))
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = temp_name(self.path)  # renamed into place when complete: no half shard under a real name
             self.writer = pq.ParquetWriter(self.tmp, EXPORT_SCHEMA, **parquet_options(("split",)))

@@ -85,23 +85,26 @@ def export_domain(
         prepare_out_dir(out_dir, force=force, protect=guarded)
 
         files = FileRecord(out_dir)
-        exporter = EXPORTERS[fmt](
-            files, plan, shard_size=shard_size, size=size, city=city_name(city if city is not None else kind)
-        )
+        exporter = None
         sizes: set[tuple[int, int]] = set()
-        items = iter_items(domain_dir, plan, label_loader=label_loader, size=size,
-                           source_size_loader=source_size_loader)
         try:
+            exporter = EXPORTERS[fmt](
+                files, plan, shard_size=shard_size, size=size, city=city_name(city if city is not None else kind)
+            )
+            items = iter_items(domain_dir, plan, label_loader=label_loader, size=size,
+                               source_size_loader=source_size_loader)
             with progress_bar(len(plan.kept), f"export {fmt}", enabled=progress) as advance:
                 for item in items:
                     exporter.add(item)
                     sizes.add(item.size)
                     advance()
+            extra = exporter.close()
         except BaseException:
-            exporter.abort()  # no half-written shard or HDF5 file is left under a temp name; no manifest is written
-            drop_marker_if_alone(out_dir)  # else the marker stays: rerunning the command redoes the export
+            if exporter is not None:
+                exporter.abort()  # no half-written shard or HDF5 file is left under a temp name; no manifest
+            files.close()
+            drop_marker_if_alone(out_dir)  # else the journal stays: rerunning the command redoes the export
             raise
-        extra = exporter.close()
 
         first = plan.kept[0]
         domain = {
@@ -133,6 +136,7 @@ def export_domain(
         manifest = build_manifest(
             fmt=fmt, plan=plan, domain=domain, provenance=provenance, options=options, files=files.files
         )
+        files.close()
         finish_out_dir(out_dir, MANIFEST_FILE, dumps_json(manifest))  # last, fsync, replaces the in-progress marker
     seconds = time.perf_counter() - started
     return {
