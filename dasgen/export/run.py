@@ -8,6 +8,7 @@ at a time, applies the ``min_consistency`` quality gate, writes a dataset card a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,10 +34,35 @@ from dasgen.export.parts import (
 )
 from dasgen.export.hdf5 import Hdf5Exporter
 from dasgen.export.parquet import ParquetExporter
-from dasgen.artifact.schema import INDEX_FILE
+from dasgen.artifact.schema import CHECKSUMS_FILE, INDEX_FILE, PROVENANCE_FILE
 
 EXPORTERS = {"cityscapes": CityscapesExporter, "parquet": ParquetExporter, "hdf5": Hdf5Exporter}
 FORMATS = tuple(EXPORTERS)
+
+
+def check_finished(domain_dir: Path) -> None:
+    """Refuse a domain whose finalize did not run to its end (no ``checksums.json``, which it writes last: a domain
+    killed between ``index.parquet`` and ``provenance.json`` has an index but no provenance), or whose index or
+    provenance differ from what finalize recorded."""
+    record_path = domain_dir / CHECKSUMS_FILE
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DasgenError(f"{domain_dir} is not finished (no {CHECKSUMS_FILE}, which translate writes last); rerun "
+                          "`dasgen translate` for this domain, then export") from None
+    except (OSError, ValueError) as error:
+        raise DasgenError(f"{record_path}: unreadable ({error}); run `dasgen verify {domain_dir}`") from None
+    recorded = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(recorded, dict):
+        raise DasgenError(f"{record_path}: not a dasgen checksum record; run `dasgen verify {domain_dir}`")
+    for name in (INDEX_FILE, PROVENANCE_FILE):
+        path = domain_dir / name
+        if name not in recorded or not path.is_file():
+            raise DasgenError(f"{domain_dir} is not finished ({name} missing or not recorded); rerun "
+                              "`dasgen translate` for this domain, then export")
+        if sha256_file(path) != recorded[name]:
+            raise DasgenError(f"{domain_dir}: {name} was altered after it was finished; run `dasgen verify "
+                              f"{domain_dir}`")
 
 
 def export_domain(
@@ -76,6 +102,7 @@ def export_domain(
     domain_dir, out_dir = Path(domain_dir), Path(out_dir)
     guarded = {domain_dir: "the domain being exported", **(protect or {})}
     started = time.perf_counter()
+    check_finished(domain_dir)
     table = read_index(domain_dir)
     provenance = read_provenance(domain_dir)
     plan = make_plan(table.to_pylist(), min_consistency)

@@ -627,3 +627,22 @@ def test_force_on_a_directory_that_cannot_be_emptied_is_one_line(tmp_path, monke
                "Permission denied")
     monkeypatch.undo()
     assert tree_bytes(out) == before
+
+
+@pytest.mark.parametrize("left", ["index-only", "no-checksums", "altered-index"])
+def test_export_refuses_a_domain_that_is_not_finished(tmp_path, monkeypatch, left):
+    """A domain killed after ``index.parquet`` and before ``provenance.json`` (or before ``checksums.json``, which
+    finalize writes last) is not exported; nor is one whose index no longer matches what finalize recorded."""
+    root = export_workspace(tmp_path / "ws", 4, monkeypatch)
+    domain = Workspace(root).domain_dir(2, 2)
+    if left == "index-only":
+        for name in ("provenance.json", "metrics.json", "checksums.json"):
+            (domain / name).unlink()
+    elif left == "no-checksums":
+        (domain / "checksums.json").unlink()
+    else:
+        (domain / "index.parquet").write_bytes((domain / "index.parquet").read_bytes() + b"\0")
+    out = tmp_path / "out"
+    fragment = "was altered after it was finished" if left == "altered-index" else "is not finished"
+    error_line(invoke(root, "export", "--out", str(out)), str(domain), fragment)
+    assert not out.exists()
