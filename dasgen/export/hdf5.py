@@ -16,7 +16,9 @@ export at the translation resolution (the default), or at a source resolution sh
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -30,6 +32,63 @@ from dasgen.export.parts import ExportItem, ExportPlan, FileRecord
 FILE_NAME = "dataset.h5"
 LAYOUT_VERSION = 1
 GZIP_LEVEL = 4  # gzip is readable by every HDF5 build (lzf is h5py-only); level 4: near-best size, 2x faster than 9
+
+
+class _GuardedFile(io.RawIOBase):
+    """The file h5py writes through (its ``fileobj`` driver), so that the OS refusing a write (disk full) reaches
+    Python as an OSError we keep, instead of an error inside the HDF5 library, which then fails again on every flush
+    and crashes the process at exit. After the first failure writes are dropped, so the file can still be closed
+    cleanly; the exporter checks :attr:`error` after each image and on close, and deletes the file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._raw = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._raw.readinto(buffer)
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                view = memoryview(data)
+                while view:  # a raw write may be short: HDF5 expects the whole buffer written
+                    view = view[self._raw.write(view):]
+            except OSError as error:
+                self.error = error
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is not None:
+            return self._raw.tell() if size is None else size
+        try:
+            return self._raw.truncate(size)
+        except OSError as error:
+            self.error = error
+            return self._raw.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 class Hdf5Exporter:
@@ -53,7 +112,11 @@ class Hdf5Exporter:
         for i, row in enumerate(ordered):
             offsets.setdefault(row["split"], [i, i])[1] = i + 1
         files.reserve(FILE_NAME)
-        self.file = h5py.File(self.tmp, "w")
+        try:
+            self.sink = _GuardedFile(self.tmp)
+        except OSError as error:
+            raise DasgenError(f"cannot write {self.path}: {error.strerror or error}") from None
+        self.file = h5py.File(self.sink, "w")
         strings = h5py.string_dtype("utf-8")
         self.file.create_dataset("ids", data=[row["id"] for row in ordered], dtype=strings)
         self.file.create_dataset("splits", data=[row["split"] for row in ordered], dtype=strings)
@@ -90,18 +153,33 @@ class Hdf5Exporter:
         self.images[i] = item.image
         self.labels[i] = item.label_ids
         self.train_ids[i] = id_to_train_id(item.label_ids)
+        self._check()
+
+    def _check(self) -> None:
+        """Raise the first write error the OS gave (one DasgenError naming the file)."""
+        if self.sink.error is not None:
+            error = self.sink.error
+            raise DasgenError(f"cannot write {self.path}: {error.strerror or error}")
 
     def close(self) -> dict[str, Any]:
         """Close the file, move it into place and record its checksum."""
         self.file.close()
-        self.tmp.replace(self.path)
+        self.sink.close()
+        self._check()
+        try:
+            self.tmp.replace(self.path)
+        except OSError as error:
+            raise DasgenError(f"cannot write {self.path}: {error.strerror or error}") from None
         self.files.add_existing(self.path)
         return {"image_size": list(self.shape or ())}
 
     def abort(self) -> None:
         """Close and delete the unfinished temp file."""
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.file.close()
+        finally:
+            self.sink.close()
+            self.tmp.unlink(missing_ok=True)
 
     def card(self, splits: list[str]) -> tuple[str, str]:
         """(layout, how to load) sections of the dataset card."""

@@ -9,12 +9,15 @@ declares image and label as ``{"_type": "Image"}``; the dataset card's ``configs
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dasgen.errors import DasgenError
 from dasgen.io.atomic import temp_name
 from dasgen.export.parts import ExportItem, ExportPlan, FileRecord
 from dasgen.io.paths import relpath_posix
@@ -63,6 +66,10 @@ class _SplitShards:
         self.tmp: Path | None = None
 
     def add(self, record: dict[str, Any]) -> None:
+        with self._naming_write_errors():
+            self._add(record)
+
+    def _add(self, record: dict[str, Any]) -> None:
         self.buffer.append(record)
         self.rows_in_shard += 1
         if len(self.buffer) >= SHARD_ROW_GROUP or self.rows_in_shard == self.shard_size:
@@ -94,13 +101,25 @@ class _SplitShards:
             self.rows_in_shard = 0
 
     def close(self) -> None:
-        self._close_shard()
+        with self._naming_write_errors():
+            self._close_shard()
+
+    @contextmanager
+    def _naming_write_errors(self) -> Iterator[None]:
+        """An OSError of pyarrow's writes (disk full) or of the final rename -> one DasgenError naming the shard."""
+        try:
+            yield
+        except OSError as error:
+            raise DasgenError(f"cannot write {self.path}: {error.strerror or error}") from None
 
     def abort(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except OSError:  # the disk that failed the write may fail the close too: the temp file goes anyway
+                pass
             self.tmp.unlink(missing_ok=True)
-            self.writer = None
 
 
 class ParquetExporter:

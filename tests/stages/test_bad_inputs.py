@@ -646,3 +646,50 @@ def test_export_refuses_a_domain_that_is_not_finished(tmp_path, monkeypatch, lef
     fragment = "was altered after it was finished" if left == "altered-index" else "is not finished"
     error_line(invoke(root, "export", "--out", str(out)), str(domain), fragment)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt, final", [("parquet", "train-00000-of-00001.parquet"), ("hdf5", "dataset.h5")])
+def test_disk_full_closing_a_parquet_or_hdf5_export_is_one_line(tmp_path, monkeypatch, fmt, final):
+    """The last write of a shard or of dataset.h5 happens when it is closed: a failure there is one line too, no
+    temporary file stays, and the same command then finishes the export."""
+    root = export_workspace(tmp_path / "ws", 6, monkeypatch)
+    out = tmp_path / "out"
+    _failing(monkeypatch, "replace", errno.ENOSPC, lambda path, calls: Path(path).name == final)
+    error_line(invoke(root, "export", "--format", fmt, "--out", str(out)), f"cannot write {out}",
+               "No space left on device")
+    monkeypatch.undo()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")] and not (out / "manifest.json").exists()
+    result = invoke(root, "export", "--format", fmt, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert invoke(root, "verify", str(out)).exit_code == 0
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_writes_failing_inside_the_parquet_and_hdf5_libraries_are_one_line(tmp_path, monkeypatch, fmt):
+    """The OS refusing the libraries' own writes (here a file-size limit, EFBIG, as a full disk refuses them with
+    ENOSPC) gives one line and exit 1 -- no traceback, no crash of the HDF5 library -- and leaves no temporary file."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    root = export_workspace(tmp_path / "ws", 40, monkeypatch)
+    out = tmp_path / "out"
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    process = subprocess.run(
+        [sys.executable, "-m", "dasgen", "--params", str(root / "params.yaml"), "--workspace", str(root),
+         "export", "--format", fmt, "--out", str(out)],
+        capture_output=True, text=True, preexec_fn=limit_file_size, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert process.returncode == 1, (process.returncode, process.stderr[-2000:])
+    assert "Traceback" not in process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write {out}" in errors[0] and "File too large" in errors[0], errors
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    result = invoke(root, "export", "--format", fmt, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert invoke(root, "verify", str(out)).exit_code == 0
