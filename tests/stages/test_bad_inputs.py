@@ -693,3 +693,29 @@ def test_writes_failing_inside_the_parquet_and_hdf5_libraries_are_one_line(tmp_p
     result = invoke(root, "export", "--format", fmt, "--out", str(out))
     assert result.exit_code == 0, result.output
     assert invoke(root, "verify", str(out)).exit_code == 0
+
+
+def test_a_force_replacement_that_fails_part_way_can_be_redone(tmp_path, monkeypatch):
+    """``--force`` over an earlier export that stops part-way (a read-only subdirectory: its images cannot be
+    deleted) leaves a directory that is still that earlier export: its manifest goes last. Once the cause is fixed,
+    ``--force`` replaces it; a plain run still asks for ``--force``."""
+    root = export_workspace(tmp_path / "ws", 6, monkeypatch)
+    out = tmp_path / "earlier"
+    assert invoke(root, "export", "--out", str(out)).exit_code == 0
+    real_unlink = os.unlink
+
+    def read_only_images(path, *args, **kwargs):
+        if os.fspath(path).endswith("_leftImg8bit.png"):  # as in a read-only leftImg8bit/ (root ignores chmod here)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", read_only_images)
+    error_line(invoke(root, "export", "--out", str(out), "--force", "--min-consistency", "0.5"),
+               f"cannot empty output directory {out}", "Permission denied")
+    monkeypatch.undo()
+    assert (out / "manifest.json").is_file() and not (out / ".dasgen-export-incomplete").exists()
+    error_line(invoke(root, "export", "--out", str(out)), "is not empty; use force (--force)")
+    result = invoke(root, "export", "--out", str(out), "--force", "--min-consistency", "0.5")
+    assert result.exit_code == 0, result.output
+    assert invoke(root, "verify", str(out)).exit_code == 0
+    assert json.loads((out / "manifest.json").read_text())["counts"]["min_consistency"] == 0.5
