@@ -23,9 +23,15 @@ from typing import Any
 import yaml
 
 import dasgen
-from dasgen.labels import CITYSCAPES_LABELS, IGNORE_INDEX
+from dasgen.labels import CITYSCAPES_LABELS, IGNORE_INDEX, TRAIN_ID_NAMES
 from dasgen.export.parts import CARD_FILE, MANIFEST_FILE, ExportPlan  # noqa: F401 (CARD_FILE, MANIFEST_FILE: API)
 MANIFEST_VERSION = 1
+ID2LABEL_FILE = "id2label.json"  # trainId -> class name, the file Hugging Face's segmentation datasets ship
+
+
+def id2label() -> dict[str, str]:
+    """``{"0": "road", ..., "18": "bicycle"}``: the 19 Cityscapes trainIds (JSON keys are strings, as on the Hub)."""
+    return {str(train_id): name for train_id, name in enumerate(TRAIN_ID_NAMES)}
 
 
 def size_category(count: int) -> str:
@@ -129,6 +135,8 @@ Total: {counts['exported']} images.
 
 Labels are Cityscapes label ids (0-33); trainIds are the usual 19 training classes with 255 = ignore
 (`dasgen.labels.id_to_train_id`). Pixels whose source class has no Cityscapes counterpart are 0 (unlabeled).
+`{ID2LABEL_FILE}` maps each trainId to its class name (`{{"0": "road", ...}}`), as Hugging Face's
+semantic-segmentation datasets do.
 
 {_label_table()}
 

@@ -1,9 +1,11 @@
 """Sharded Parquet export that Hugging Face ``datasets`` loads with ``image`` and ``label`` as Image features.
 
 Layout: ``data/<split>/<split>-<k:05d>-of-<n:05d>.parquet`` (``shard_size`` rows each, row groups of 32 rows, id
-order). Columns: ``id`` string, ``image`` and ``label`` struct<bytes: binary, path: string> (RGB PNG and mode-L PNG
-of Cityscapes label ids), ``split`` string, ``consistency`` float32. The schema metadata key ``huggingface``
-declares image and label as ``{"_type": "Image"}``; the dataset card's ``configs`` map each split to its folder.
+order). Columns: ``id`` string; ``image``, ``label`` and ``train_ids`` struct<bytes: binary, path: string> (RGB PNG,
+mode-L PNG of Cityscapes label ids 0-33, mode-L PNG of trainIds 0-18 with 255 = ignore); ``split`` string;
+``consistency`` float32. The schema metadata key ``huggingface`` declares the three images as ``{"_type": "Image"}``;
+the dataset card's ``configs`` map each split to its folder; ``id2label.json`` (written for every format) names the
+trainIds, as Hugging Face's semantic-segmentation datasets do.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dasgen.io.atomic import temp_name
 from dasgen.export.parts import ExportItem, ExportPlan, FileRecord
 from dasgen.io.paths import relpath_posix
 from dasgen.io.png import encode_png
+from dasgen.labels import id_to_train_id
 from dasgen.artifact.schema import (
     HF_IMAGE,
     IMAGE_STRUCT,
@@ -37,6 +40,7 @@ EXPORT_SCHEMA = pa.schema(
         pa.field("id", pa.string()),
         pa.field("image", IMAGE_STRUCT),
         pa.field("label", IMAGE_STRUCT),
+        pa.field("train_ids", IMAGE_STRUCT),
         pa.field("split", pa.string()),
         pa.field("consistency", pa.float32()),
     ],
@@ -45,6 +49,7 @@ EXPORT_SCHEMA = pa.schema(
             "id": hf_value("string"),
             "image": HF_IMAGE,
             "label": HF_IMAGE,
+            "train_ids": HF_IMAGE,
             "split": hf_value("string"),
             "consistency": hf_value("float32"),
         }
@@ -141,6 +146,8 @@ class ParquetExporter:
                 "id": row["id"],
                 "image": {"bytes": item.image_png, "path": f"{row['id']}.png"},
                 "label": {"bytes": encode_png(item.label_ids), "path": f"{row['id']}_labelIds.png"},
+                "train_ids": {"bytes": encode_png(id_to_train_id(item.label_ids)),
+                              "path": f"{row['id']}_labelTrainIds.png"},
                 "split": row["split"],
                 "consistency": row["consistency"],
             }
@@ -168,8 +175,9 @@ class ParquetExporter:
             "```\n"
             "data/<split>/<split>-<k:05d>-of-<n:05d>.parquet\n"
             "```\n\n"
-            "Columns: `id` (source id), `image` (RGB PNG), `label` (mode-L PNG of Cityscapes label ids), "
-            "`split`, `consistency` (float32). `image` and `label` are Hugging Face `Image` features "
+            "Columns: `id` (source id), `image` (RGB PNG), `label` (mode-L PNG of Cityscapes label ids 0-33), "
+            "`train_ids` (mode-L PNG of trainIds 0-18, 255 = ignore; `id2label.json` names them), `split`, "
+            "`consistency` (float32). `image`, `label` and `train_ids` are Hugging Face `Image` features "
             "(struct<bytes, path>), rows in id order, 32 rows per row group for streaming."
         )
         files = f"path/to/this/dir/data/{splits[0]}/*.parquet"
@@ -178,8 +186,10 @@ class ParquetExporter:
             "from datasets import load_dataset\n"
             "ds = load_dataset(\"path/to/this/dir\")          # splits from the card's configs\n"
             f"ds = load_dataset(\"parquet\", data_files={{\"{splits[0]}\": \"{files}\"}})\n"
-            "import numpy as np\n"
-            f"label_ids = np.array(ds[\"{splits[0]}\"][0][\"label\"])  # uint8 Cityscapes label ids\n"
+            "import json, numpy as np\n"
+            f"label_ids = np.array(ds[\"{splits[0]}\"][0][\"label\"])      # uint8 Cityscapes label ids 0-33\n"
+            f"train_ids = np.array(ds[\"{splits[0]}\"][0][\"train_ids\"])  # uint8 trainIds, 255 = ignore\n"
+            "id2label = json.load(open(\"path/to/this/dir/id2label.json\"))  # {\"0\": \"road\", ...}\n"
             "```\n\n"
             "Plain pyarrow works too: `pyarrow.parquet.ParquetFile(f).iter_batches(...)` and decode the PNG bytes."
         )

@@ -16,7 +16,15 @@ from typing import Any
 
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import dumps_json, sha256_file
-from dasgen.export.card import CARD_FILE, MANIFEST_FILE, build_manifest, card_markdown, card_yaml
+from dasgen.export.card import (
+    CARD_FILE,
+    ID2LABEL_FILE,
+    MANIFEST_FILE,
+    build_manifest,
+    card_markdown,
+    card_yaml,
+    id2label,
+)
 from dasgen.artifact.reader import index_image_format, read_index, read_provenance
 from dasgen.export.cityscapes import CityscapesExporter, city_name
 from dasgen.export.parts import (
@@ -158,6 +166,7 @@ def export_domain(
             layout=layout,
             how_to_load=how_to_load,
         )
+        files.write_text(ID2LABEL_FILE, json.dumps(id2label(), indent=2) + "\n")
         files.write_text(CARD_FILE, card)
         options = {"size": size, "min_consistency": min_consistency, "shard_size": shard_size, "license": license}
         manifest = build_manifest(

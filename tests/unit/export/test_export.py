@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from dasgen.errors import DasgenError
-from dasgen.labels import id_to_color, id_to_train_id
+from dasgen.labels import LABEL_BY_ID, id_to_color, id_to_train_id
 from dasgen.io.atomic import sha256_file
 from dasgen.artifact.writer import DomainWriter, iter_domain_images, read_index
 from dasgen.export.run import export_domain
@@ -146,8 +146,11 @@ def test_parquet_export_loads_in_hugging_face_datasets(world, tmp_path):
 
     files = {split: sorted(str(p) for p in (out / "data" / split).glob("*.parquet")) for split in ("train", "val")}
     ds = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf"))
-    assert isinstance(ds["train"].features["image"], datasets.Image)
-    assert isinstance(ds["train"].features["label"], datasets.Image)
+    for column in ("image", "label", "train_ids"):
+        assert isinstance(ds["train"].features[column], datasets.Image)
+    id2label = json.loads((out / "id2label.json").read_text())
+    assert len(id2label) == 19 and id2label["0"] == "road" and id2label["13"] == "car" and id2label["18"] == "bicycle"
+    seen_names: set[str] = set()
     for split in ("train", "val"):
         assert len(ds[split]) == 5
         for sample in ds[split]:
@@ -156,8 +159,15 @@ def test_parquet_export_loads_in_hugging_face_datasets(world, tmp_path):
             label = np.array(sample["label"])
             assert label.dtype == np.uint8
             assert np.array_equal(label, resize_label(source_label(world, sample["id"]), (H, W)))
+            train_ids = np.array(sample["train_ids"])
+            assert train_ids.dtype == np.uint8 and np.array_equal(train_ids, id_to_train_id(label))
+            names = {id2label[str(v)] for v in np.unique(train_ids) if v != 255}  # a mask's values -> class names
+            assert names == {LABEL_BY_ID[i].name for i in np.unique(label) if LABEL_BY_ID[i].train_id != 255}
+            seen_names |= names
             expected = synthetic_record(sample["id"], height=H, width=W).consistency
             assert math.isclose(sample["consistency"], expected, rel_tol=1e-6)
+    assert len(seen_names) > 3
+    assert "id2label.json" in (out / "README.md").read_text()
 
     # the card's YAML configs alone are enough for load_dataset(<dir>)
     header = card_header(out)
