@@ -87,6 +87,17 @@ def card_markdown(
     kind = source.get("kind", "the source dataset")
     counts = plan.counts()
     split_rows = "\n".join(f"| {split} | {n} |" for split, n in counts["per_split"].items())
+    source_splits: dict[str, int] = {}
+    for row in plan.kept:
+        source_splits[row["source_split"]] = source_splits.get(row["source_split"], 0) + 1
+    shown = ", ".join(f"{split} {n}" for split, n in sorted(source_splits.items()))
+    split_policy = (
+        f"Every image is in `train` (`--splits all-train`), the folder downstream training reads; the source "
+        f"dataset's own splits ({shown}) are not used. `--splits source` keeps them."
+        if plan.splits == "all-train"
+        else f"The source dataset's own splits are kept (`--splits source`: {shown}); `--splits all-train` puts "
+        "every image in `train`."
+    )
     gate = (
         f"Quality gate: images whose label-consistency score is below {plan.min_consistency} were left out "
         f"({plan.dropped} of {len(plan.rows)})."
@@ -129,7 +140,7 @@ class true.
 | --- | --- |
 {split_rows}
 
-Total: {counts['exported']} images.
+Total: {counts['exported']} images. {split_policy}
 
 ## Label convention
 

@@ -6,7 +6,7 @@ Layout (``<base> = <city>_<seq:06d>_<frame:06d>``)::
     gtFine/<split>/<city>/<base>_gtFine_labelIds.png           mode L, Cityscapes label ids 0-33
     gtFine/<split>/<city>/<base>_gtFine_labelTrainIds.png      mode L, trainIds 0-18, 255 = ignore (mmseg)
     gtFine/<split>/<city>/<base>_gtFine_color.png              RGB, the Cityscapes colour of each label id
-    id_map.csv                                                 id, split, city, seq, frame, consistency, sources
+    id_map.csv                  id, split, city, seq, frame, consistency, source paths, image, source_split
 
 Id mapping (stable, documented in the card): ``city`` is the source dataset kind, lower-cased with everything but
 letters and digits removed (``gta5``, ``synthia``; Cityscapes city names contain no ``_``). ``seq`` is the numeric
@@ -83,6 +83,7 @@ class CityscapesExporter:
                 row["source_image"],
                 row["source_label"],
                 f"{image_dir}/{base}_leftImg8bit.png",
+                row["source_split"],
             ]
         )
 
@@ -94,7 +95,8 @@ class CityscapesExporter:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(
-            ["id", "split", "city", "seq", "frame", "consistency", "source_image", "source_label", "image"]
+            ["id", "split", "city", "seq", "frame", "consistency", "source_image", "source_label", "image",
+             "source_split"]
         )
         writer.writerows(sorted(self._map_rows, key=lambda r: r[0]))
         self.files.write_text("id_map.csv", buffer.getvalue())

@@ -55,6 +55,7 @@ class ExportPlan:
     rows: list[dict[str, Any]]  # every index row, id order
     kept: list[dict[str, Any]]  # rows passing the gate, id order
     min_consistency: float | None
+    splits: str = "all-train"  # the split policy (:data:`SPLITS`)
 
     @property
     def dropped(self) -> int:
@@ -76,6 +77,7 @@ class ExportPlan:
             "exported": len(self.kept),
             "dropped_low_consistency": self.dropped,
             "min_consistency": self.min_consistency,
+            "splits": self.splits,
             "per_split": self.per_split,
         }
 
@@ -87,8 +89,15 @@ def passes_gate(consistency: float | None, min_consistency: float | None) -> boo
     return consistency is not None and not math.isnan(consistency) and consistency >= min_consistency
 
 
-def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> ExportPlan:
-    """Apply the quality gate to the index rows; DasgenError when nothing is left to export.
+SPLITS = ("all-train", "source")
+"""Split policies: every image in ``train`` (where downstream training reads), or the source dataset's own splits."""
+
+
+def make_plan(rows: list[dict[str, Any]], min_consistency: float | None, splits: str = "all-train") -> ExportPlan:
+    """Apply the split policy and the quality gate to the index rows; DasgenError when nothing is left to export.
+
+    ``splits="all-train"`` puts every row in ``train`` (the row keeps its source split as ``source_split``);
+    ``"source"`` keeps the index's splits.
 
     Each row's split becomes a folder name in the export, so a split that is not one plain path component (``..``,
     ``a/b``, an absolute path: an index from a stranger) is refused before anything is written.
@@ -101,6 +110,10 @@ def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> Expo
         if "/" in str(row["split"]) or not is_safe_relpath(str(row["split"])):
             raise DasgenError(f"domain index: image {row['id']!r} has split {row['split']!r}, which cannot name a "
                               "folder inside the export (one plain name expected)")
+    if splits not in SPLITS:
+        raise DasgenError(f"splits must be one of {SPLITS}, got {splits!r}")
+    rows = [{**row, "source_split": row["split"], "split": "train" if splits == "all-train" else row["split"]}
+            for row in rows]
     kept = [row for row in rows if passes_gate(row["consistency"], min_consistency)]
     if not kept:
         raise DasgenError(
@@ -108,7 +121,7 @@ def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> Expo
             if rows
             else "nothing to export: the domain index has no rows"
         )
-    return ExportPlan(rows=rows, kept=kept, min_consistency=min_consistency)
+    return ExportPlan(rows=rows, kept=kept, min_consistency=min_consistency, splits=splits)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -164,9 +177,10 @@ def iter_items(
     """Stream the kept rows as :class:`ExportItem` in id order (image sha256 checked against the index)."""
     if size not in SIZES:
         raise DasgenError(f"size must be one of {SIZES}, got {size!r}")
-    kept_ids = {row["id"] for row in plan.kept}
-    for row, png in iter_domain_pngs(domain_dir, check=True):
-        if row["id"] not in kept_ids:
+    kept = {row["id"]: row for row in plan.kept}  # the plan's rows: their split follows the split policy
+    for index_row, png in iter_domain_pngs(domain_dir, check=True):
+        row = kept.get(index_row["id"])
+        if row is None:
             continue
         label = check_label(label_loader(row), f"label of image {row['id']} ({row['source_label']})")
         if size == "translation":

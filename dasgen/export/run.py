@@ -89,6 +89,7 @@ def export_domain(
     license_note: str | None = None,
     city: str | None = None,
     protect: Mapping[Path, str] | None = None,
+    splits: str = "all-train",
 ) -> dict[str, Any]:
     """Export the domain at ``domain_dir`` into ``out_dir`` as ``fmt``; returns a summary dict.
 
@@ -99,7 +100,8 @@ def export_domain(
     is}`` that ``out_dir`` may not be, lie inside or contain (the domain itself always is). The export holds an OS
     lock on ``out_dir`` throughout (``locked_out_dir``). ``shard_size``: rows per Parquet shard.
     ``license``/``license_note``: the source dataset's terms for the card. ``city``: Cityscapes city name
-    (default: the source kind from the provenance).
+    (default: the source kind from the provenance). ``splits``: ``"all-train"`` puts every image in ``train``, where
+    downstream training reads; ``"source"`` keeps the source dataset's splits (see ``make_plan``).
     """
     if fmt not in EXPORTERS:
         raise DasgenError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -113,7 +115,7 @@ def export_domain(
     check_finished(domain_dir)
     table = read_index(domain_dir)
     provenance = read_provenance(domain_dir)
-    plan = make_plan(table.to_pylist(), min_consistency)
+    plan = make_plan(table.to_pylist(), min_consistency, splits)
     source = provenance.get("source") if isinstance(provenance.get("source"), dict) else {}
     kind = str(source.get("kind", ""))
     with locked_out_dir(out_dir, guarded):
@@ -150,8 +152,8 @@ def export_domain(
             "index_sha256": sha256_file(domain_dir / INDEX_FILE),
         }
         image_sizes = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
-        splits = list(plan.per_split)
-        layout, how_to_load = exporter.card(splits)
+        split_names = list(plan.per_split)
+        layout, how_to_load = exporter.card(split_names)
         configs = exporter.yaml_configs() if hasattr(exporter, "yaml_configs") else None
         card = card_yaml(plan=plan, license=license, source_kind=kind, configs=configs)
         card += card_markdown(
@@ -168,7 +170,8 @@ def export_domain(
         )
         files.write_text(ID2LABEL_FILE, json.dumps(id2label(), indent=2) + "\n")
         files.write_text(CARD_FILE, card)
-        options = {"size": size, "min_consistency": min_consistency, "shard_size": shard_size, "license": license}
+        options = {"size": size, "min_consistency": min_consistency, "shard_size": shard_size, "license": license,
+                   "splits": splits}
         manifest = build_manifest(
             fmt=fmt, plan=plan, domain=domain, provenance=provenance, options=options, files=files.files
         )

@@ -53,6 +53,8 @@ def world(tmp_path_factory):
 
 
 def run(world, out: Path, fmt: str, *, domain: str = "png", **kwargs):
+    """Export with the source's splits (the fixture's odd ids are val), unless the test says otherwise."""
+    kwargs.setdefault("splits", "source")
     return export_domain(
         world["domains"][domain], out, fmt=fmt, label_loader=label_loader_for(world["source"]), progress=False,
         **kwargs,
@@ -109,6 +111,28 @@ def test_cityscapes_export_loads_in_torchvision_with_same_pixels_and_labels(worl
     # the documented mapping: city = source kind without separators, seq = numeric id, frame 19
     assert (out / "leftImg8bit/val/gta5/gta5_000001_000019_leftImg8bit.png").is_file()
     assert (out / "gtFine/train/gta5/gta5_000010_000019_gtFine_labelTrainIds.png").is_file()
+
+
+def test_default_split_policy_puts_every_image_where_training_reads(world, tmp_path):
+    """By default every image lands in train (DAFormer's GTADataset reads the whole GTA5 folder; a Cityscapes-style
+    config reads leftImg8bit/train), the card and summary say so, and id_map.csv keeps each source split."""
+    from torchvision.datasets import Cityscapes
+
+    out = tmp_path / "all-train"
+    summary = export_domain(world["domains"]["png"], out, fmt="cityscapes", label_loader=label_loader_for(
+        world["source"]), progress=False)
+    assert summary["per_split"] == {"train": len(IDS)} and summary["splits"] == "all-train"
+    assert len(Cityscapes(str(out), split="train", mode="fine", target_type="semantic")) == len(IDS)
+    assert not (out / "leftImg8bit" / "val").exists()
+    with open(out / "id_map.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["split"] for row in rows} == {"train"}
+    assert {row["source_split"] for row in rows} == {"train", "val"}
+    card = (out / "README.md").read_text()
+    assert f"| train | {len(IDS)} |" in card and "the source dataset's own splits (train 5, val 5) are not used" in card
+    assert json.loads((out / "manifest.json").read_text())["export"]["splits"] == "all-train"
+    with pytest.raises(DasgenError, match="splits must be one of"):
+        run(world, tmp_path / "bad", "cityscapes", splits="everything")
 
 
 def test_cityscapes_source_size_resizes_images_and_keeps_labels_exact(world, tmp_path):
