@@ -41,6 +41,7 @@ from dasgen.export.parts import (
     progress_bar,
 )
 from dasgen.export.hdf5 import Hdf5Exporter
+from dasgen.export.redact import redact_paths
 from dasgen.export.parquet import ParquetExporter
 from dasgen.artifact.schema import CHECKSUMS_FILE, INDEX_FILE, PROVENANCE_FILE
 
@@ -90,6 +91,8 @@ def export_domain(
     city: str | None = None,
     protect: Mapping[Path, str] | None = None,
     splits: str = "all-train",
+    workspace: Path | None = None,
+    toy: bool = False,
 ) -> dict[str, Any]:
     """Export the domain at ``domain_dir`` into ``out_dir`` as ``fmt``; returns a summary dict.
 
@@ -101,7 +104,9 @@ def export_domain(
     lock on ``out_dir`` throughout (``locked_out_dir``). ``shard_size``: rows per Parquet shard.
     ``license``/``license_note``: the source dataset's terms for the card. ``city``: Cityscapes city name
     (default: the source kind from the provenance). ``splits``: ``"all-train"`` puts every image in ``train``, where
-    downstream training reads; ``"source"`` keeps the source dataset's splits (see ``make_plan``).
+    downstream training reads; ``"source"`` keeps the source dataset's splits (see ``make_plan``). The provenance
+    goes into card and manifest with local paths redacted (relative to ``workspace`` inside it, else
+    ``<local>/<name>``). ``toy``: the source is dasgen's toy domain (the card then cites no third-party dataset).
     """
     if fmt not in EXPORTERS:
         raise DasgenError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -114,7 +119,7 @@ def export_domain(
     started = time.perf_counter()
     check_finished(domain_dir)
     table = read_index(domain_dir)
-    provenance = read_provenance(domain_dir)
+    provenance = redact_paths(read_provenance(domain_dir), workspace)
     plan = make_plan(table.to_pylist(), min_consistency, splits)
     source = provenance.get("source") if isinstance(provenance.get("source"), dict) else {}
     kind = str(source.get("kind", ""))
@@ -167,6 +172,7 @@ def export_domain(
             license_note=license_note,
             layout=layout,
             how_to_load=how_to_load,
+            toy=toy,
         )
         files.write_text(ID2LABEL_FILE, json.dumps(id2label(), indent=2) + "\n")
         files.write_text(CARD_FILE, card)

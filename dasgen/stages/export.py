@@ -50,7 +50,13 @@ def run_export(config: Config, ws: Workspace, *, fmt: str | None = None, out: Pa
                          min_consistency=min_consistency if min_consistency is not None else e.min_consistency,
                          force=force, shard_size=e.shard_size, progress=progress, license=config.data.license,
                          license_note=config.data.license_note, protect=protected_paths(config, ws),
-                         splits=splits or e.splits)
+                         splits=splits or e.splits, workspace=ws.root, toy=source_is_toy(config, ws))
+
+
+def source_is_toy(config: Config, ws: Workspace) -> bool:
+    """Whether the source dataset is the toy generator's (``data.source.root`` inside ``toy.out``)."""
+    source, toy = (ws.root / config.data.source.root).resolve(), (ws.root / config.toy.out).resolve()
+    return source == toy or toy in source.parents
 
 
 def protected_paths(config: Config, ws: Workspace) -> dict[Path, str]:

@@ -146,7 +146,9 @@ def test_cityscapes_source_size_resizes_images_and_keeps_labels_exact(world, tmp
         seq = int(Path(ds.images[index]).name.split("_")[1])
         assert image.size == (SW, SH)
         assert np.array_equal(np.array(label_ids), source_label(world, f"{seq:05d}"))
-    assert "Exported at the source resolution (96x48)" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "Translated at 64x32; exported at the source resolution (96x48): images resized from" in card
+    assert "labels are the source labels at their own resolution, never resized" in card
 
 
 def test_sequence_numbers_and_city_names_are_stable():
@@ -242,7 +244,7 @@ def test_quality_gate_counts_and_manifest(world, tmp_path, fmt):
     assert manifest["format"] == fmt
     assert manifest["counts"]["dropped_low_consistency"] == len(IDS) - len(kept)
     assert manifest["counts"]["min_consistency"] == threshold
-    assert manifest["provenance"] == PROVENANCE
+    assert manifest["provenance"] == {**PROVENANCE, "source": {**PROVENANCE["source"], "root": "<local>/gta5"}}
     assert manifest["domain"]["index_sha256"] == sha256_file(world["domains"]["png"] / "index.parquet")
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert sorted(manifest["files"]) == [p for p in on_disk if p != "manifest.json"]
@@ -252,8 +254,45 @@ def test_quality_gate_counts_and_manifest(world, tmp_path, fmt):
     assert header["license"] == "other" and header["task_categories"] == ["image-segmentation"]
     card = (out / "README.md").read_text()
     assert f"left out ({len(IDS) - len(kept)} of {len(IDS)})" in card and "gta_5" in card
-    assert "params sha256: `abc123`" in card and "diffusion sha256: `d1ff`" in card
+    assert "translated at 64x32 (width x height, `data.resolution`) by dasgen 0.1.0 with params sha256 `abc123`" in card
+    assert "diffusion sha256: `d1ff`" in card
     assert 'source skipped: {"size": 2}' in card and "| train |" in card
+
+
+def test_card_and_manifest_cite_the_sources_and_hold_no_local_path(tmp_path):
+    """The card cites the paper and the source and target datasets with their terms pages, says the translation
+    resolution and the resize, the dasgen version and params hash; no absolute path of the machine that made the
+    domain (a workspace path, a dataset root outside it, a path inside a skip reason) reaches any file."""
+    workspace = tmp_path / "ws"
+    provenance = {
+        "dasgen_version": "0.1.0",
+        "params_sha256": "abc123",
+        "params": {"data": {"source": {"kind": "gta5", "root": "/home/alice/datasets/gta5"},
+                            "target": {"kind": "cityscapes", "root": str(workspace / "cityscapes")}}},
+        "source": {"kind": "gta5", "root": "/home/alice/datasets/gta5",
+                   "skipped": {"00007": "cannot decode /home/alice/datasets/gta5/images/00007.png"}},
+    }
+    write_synthetic_source(workspace / "source", IDS[:4], height=SH, width=SW)
+    domain = build_synthetic_domain(workspace / "domain", IDS[:4], height=H, width=W, provenance=provenance)
+    for fmt in ("cityscapes", "parquet", "hdf5"):
+        out = tmp_path / fmt
+        export_domain(domain, out, fmt=fmt, label_loader=label_loader_for(workspace / "source"), progress=False,
+                      workspace=workspace)
+        for path in out.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert b"/home/alice" not in data and str(tmp_path).encode() not in data, path
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["provenance"]["params"]["data"]["target"]["root"] == "cityscapes"  # inside: relative
+        assert manifest["provenance"]["source"]["root"] == "<local>/gta5"  # outside: the last component only
+        assert manifest["provenance"]["source"]["skipped"]["00007"] == "cannot decode <local>/00007.png"
+        card = (out / "README.md").read_text()
+        for cited in ("@inproceedings{peng2023diffusion", "@inproceedings{richter2016playing",
+                      "@inproceedings{cordts2016cityscapes", "https://download.visinf.tu-darmstadt.de/data/from_games/",
+                      "https://www.cityscapes-dataset.com/license/", "(root `<local>/gta5`)",
+                      "translated at 64x32", "params sha256 `abc123`", "Translated and exported at 64x32"):
+            assert cited in card, cited
+        assert "synthia" not in card.lower()
 
 
 def test_gate_drops_nan_scores_and_refuses_empty_result(world, tmp_path):
