@@ -227,6 +227,33 @@ def test_hdf5_export_streams_back_with_plain_h5py(world, tmp_path):
             assert f["consistency"][i] == pytest.approx(expected)
 
 
+def test_hdf5_export_of_two_image_sizes_completes_and_verifies(tmp_path):
+    """GTA5 at its source resolution has frames of two heights: they share the arrays (each in the top-left corner,
+    its size in ``sizes``, the rest 0 / 255 = ignore in train_ids); the export completes and verifies."""
+    from dasgen.artifact.verify import verify
+
+    ids = IDS[:6]
+    write_synthetic_source(tmp_path / "source", ids[:3], height=SH, width=SW)
+    write_synthetic_source(tmp_path / "source", ids[3:], height=SH - 4, width=SW)  # like 1914x1046 vs 1914x1052
+    domain = build_synthetic_domain(tmp_path / "domain", ids, height=H, width=W, provenance=PROVENANCE)
+    out = tmp_path / "h5"
+    summary = export_domain(domain, out, fmt="hdf5", label_loader=label_loader_for(tmp_path / "source"),
+                            size="source", progress=False)
+    assert summary["exported"] == 6 and summary["image_size"] == [SH, SW]
+    assert verify(out).ok
+    with h5py.File(out / "dataset.h5", "r") as f:
+        assert f["images"].shape == (6, SH, SW, 3) and f.attrs["padded"] and f.attrs["layout_version"] == 2
+        for i, image_id in enumerate(s.decode() for s in f["ids"][:]):
+            height, width = f["sizes"][i]
+            source = np.array(Image.open(tmp_path / "source" / "labels" / f"{image_id}.png"))
+            assert (height, width) == source.shape
+            assert np.array_equal(f["labels"][i, :height, :width], source)
+            assert np.array_equal(f["train_ids"][i, :height, :width], id_to_train_id(source))
+            assert f["images"][i, :height, :width].std() > 0  # the translated image, resized, is there
+            assert (f["train_ids"][i, height:] == 255).all() and (f["images"][i, height:] == 0).all()
+    assert "images of several sizes share the arrays" in (out / "README.md").read_text()
+
+
 # -- shared behaviour --------------------------------------------------------------------------------------------
 
 
