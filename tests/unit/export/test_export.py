@@ -135,6 +135,64 @@ def test_default_split_policy_puts_every_image_where_training_reads(world, tmp_p
         run(world, tmp_path / "bad", "cityscapes", splits="everything")
 
 
+def _daformer_save_class_stats(sample_class_stats: list[dict]) -> dict[str, str]:
+    """``save_class_stats`` of DAFormer's tools/convert_datasets/cityscapes.py (and gta.py), writing to strings."""
+    written = {"sample_class_stats.json": json.dumps(sample_class_stats, indent=2)}
+    sample_class_stats_dict = {}
+    for stats in sample_class_stats:
+        f = stats.pop("file")
+        sample_class_stats_dict[f] = stats
+    written["sample_class_stats_dict.json"] = json.dumps(sample_class_stats_dict, indent=2)
+    samples_with_class = {}
+    for file, stats in sample_class_stats_dict.items():
+        for c, n in stats.items():
+            if c not in samples_with_class:
+                samples_with_class[c] = [(file, n)]
+            else:
+                samples_with_class[c].append((file, n))
+    written["samples_with_class.json"] = json.dumps(samples_with_class, indent=2)
+    return written
+
+
+def test_cityscapes_export_holds_daformer_rare_class_sampling_files(world, tmp_path):
+    """One entry per train image, byte for byte what DAFormer's converter writes from the same trainId files, and
+    read back the way DAFormer's ``UDADataset`` reads them (file matched by base name to a CityscapesDataset source).
+    """
+    out = tmp_path / "daformer"
+    export_domain(world["domains"]["png"], out, fmt="cityscapes", label_loader=label_loader_for(world["source"]),
+                  progress=False)
+    label_files = sorted((out / "gtFine" / "train").rglob("*_gtFine_labelTrainIds.png"))
+    assert len(label_files) == len(IDS)
+
+    # DAFormer's convert_json_to_label (cityscapes.py), on our trainId files, in sorted order
+    expected = []
+    for path in label_files:
+        label = np.asarray(Image.open(path))
+        stats = {c: int(np.sum(label == c)) for c in range(19) if np.sum(label == c) > 0}
+        stats["file"] = path.relative_to(out).as_posix()
+        expected.append(stats)
+    for name, text in _daformer_save_class_stats(expected).items():
+        assert (out / name).read_text() == text, name
+
+    # DAFormer's mmseg/datasets/uda_dataset.py: get_rcs_class_probs and the samples_with_class filter
+    sample_class_stats = json.loads((out / "sample_class_stats.json").read_text())
+    assert len(sample_class_stats) == len(IDS)
+    overall: dict[int, int] = {}
+    for stats in sample_class_stats:
+        stats.pop("file")
+        for c, n in stats.items():
+            overall[int(c)] = overall.get(int(c), 0) + n
+    samples_with_class = {int(k): v for k, v in json.loads((out / "samples_with_class.json").read_text()).items()
+                          if int(k) in overall}
+    seg_maps = {p.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")  # CityscapesDataset's img_infos
+                for p in (out / "leftImg8bit" / "train").rglob("*_leftImg8bit.png")}
+    for c in overall:
+        files = [file.split("/")[-1] for file, pixels in samples_with_class[c] if pixels > 0]
+        assert files and set(files) <= seg_maps
+        assert sum(pixels for _, pixels in samples_with_class[c]) == overall[c]
+    assert "samples_with_class.json" in (out / "README.md").read_text()
+
+
 def test_cityscapes_source_size_resizes_images_and_keeps_labels_exact(world, tmp_path):
     from torchvision.datasets import Cityscapes
 
