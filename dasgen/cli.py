@@ -71,6 +71,14 @@ def handles_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import dasgen
+
+        print(f"dasgen {dasgen.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     params: Annotated[Path, typer.Option("--params", "-p", help="Params file.")] = Path("params.yaml"),
@@ -78,6 +86,8 @@ def main(
     = Path("."),
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a param: KEY=VALUE (repeatable).")]
     = None,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print dasgen's version and exit.")] = False,
 ) -> None:
     """Global options shared by every command."""
     State.params, State.workspace = params, workspace

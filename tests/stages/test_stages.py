@@ -186,3 +186,10 @@ def test_no_file_of_an_export_holds_the_workspace_path(workspace):
         assert manifest["provenance"]["params"]["data"]["source"]["root"] == "data/toy/source"
         card = (out / "README.md").read_text()
         assert "procedural toy" in card and "peng2023diffusion" in card and "richter2016playing" not in card
+
+
+def test_version_option_prints_the_version():
+    import dasgen
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"dasgen {dasgen.__version__}\n"
