@@ -343,7 +343,7 @@ def test_export_marker_is_replaced_by_the_manifest_in_one_rename(small_export_wo
                                                  "--out", str(out)))
     assert result.exit_code == 0, result.output
     assert seen == [IN_PROGRESS_FILE]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "id2label.json", "manifest.json"]
     assert not any(is_temp_name(p.name) for p in out.rglob("*"))
 
 
