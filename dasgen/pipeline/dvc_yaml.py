@@ -128,7 +128,8 @@ def export_artifact(config: Config) -> dict[str, Any]:
     """The ``artifacts:`` entry that declares the export (the product) to DVC's tools: ``dvc artifacts get`` and a
     model/data registry find it by name, type and labels instead of by path."""
     source, target, fmt = config.data.source.kind, config.data.target.kind, config.export.format
-    root, toy = PurePosixPath(os.path.normpath(config.data.source.root)), PurePosixPath(os.path.normpath(config.toy.out))
+    root = PurePosixPath(os.path.normpath(config.data.source.root))
+    toy = PurePosixPath(os.path.normpath(config.toy.out))
     if root == toy or toy in root.parents:  # the toy generator's domains (GTA5 and Cityscapes layouts)
         source, target = "toy-source", "toy-target"
     return {ARTIFACT_NAME: {
