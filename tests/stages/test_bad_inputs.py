@@ -673,12 +673,12 @@ def test_writes_failing_inside_the_parquet_and_hdf5_libraries_are_one_line(tmp_p
     import subprocess
     import sys
 
-    root = export_workspace(tmp_path / "ws", 40, monkeypatch)
+    root = export_workspace(tmp_path / "ws", 16, monkeypatch)  # a shard of 8 rows and dataset.h5 exceed 12 kB
     out = tmp_path / "out"
 
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
 
     process = subprocess.run(
         [sys.executable, "-m", "dasgen", "--params", str(root / "params.yaml"), "--workspace", str(root),
@@ -689,6 +689,7 @@ def test_writes_failing_inside_the_parquet_and_hdf5_libraries_are_one_line(tmp_p
     assert "Traceback" not in process.stderr
     errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"cannot write {out}" in errors[0] and "File too large" in errors[0], errors
+    assert ("dataset.h5" if fmt == "hdf5" else ".parquet") in errors[0]  # the library's own write failed
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     result = invoke(root, "export", "--format", fmt, "--out", str(out))
     assert result.exit_code == 0, result.output
