@@ -71,6 +71,14 @@ def handles_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import dasgen
+
+        print(f"dasgen {dasgen.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     params: Annotated[Path, typer.Option("--params", "-p", help="Params file.")] = Path("params.yaml"),
@@ -78,6 +86,8 @@ def main(
     = Path("."),
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a param: KEY=VALUE (repeatable).")]
     = None,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print dasgen's version and exit.")] = False,
 ) -> None:
     """Global options shared by every command."""
     State.params, State.workspace = params, workspace
@@ -194,6 +204,8 @@ def export(
                                                              help="Leave out images scoring below this.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory (an export that was "
                                                         "killed or failed is redone without it).")] = False,
+    splits: Annotated[Optional[str], typer.Option("--splits", help="all-train: every image in train (default: "
+                                                  "export.splits) | source: the source's own splits.")] = None,
 ) -> None:
     """Write a translated domain as a dataset (Cityscapes layout, HF Parquet or HDF5) with card and manifest."""
     from dasgen.stages.export import run_export
@@ -202,8 +214,10 @@ def export(
         raise DasgenError(f"--format {fmt!r}: expected cityscapes, parquet or hdf5")
     if size is not None and size not in ("translation", "source"):
         raise DasgenError(f"--size {size!r}: expected translation or source")
+    if splits is not None and splits not in ("all-train", "source"):
+        raise DasgenError(f"--splits {splits!r}: expected all-train or source")
     summary = run_export(State.config(), State.ws(), fmt=fmt, out=out_dir, domain=domain, size=size,
-                         min_consistency=min_consistency, force=force)
+                         min_consistency=min_consistency, force=force, splits=splits)
     err.print(f"export written: {escape(json.dumps(summary, default=str))}", highlight=False)
 
 

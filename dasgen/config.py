@@ -196,6 +196,9 @@ class ExportConfig:
     size: Literal["translation", "source"] = "translation"  # resolution of exported images
     min_consistency: Optional[float] = knob(None, min=0.0, max=1.0)  # quality gate; None keeps every image
     shard_size: int = knob(500, min=1)  # rows per Parquet shard
+    # all-train: every image in `train`, where downstream training reads (DAFormer's GTADataset takes the whole GTA5
+    # folder); source: the source's splits
+    splits: Literal["all-train", "source"] = "all-train"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ Layout (``<base> = <city>_<seq:06d>_<frame:06d>``)::
     gtFine/<split>/<city>/<base>_gtFine_labelIds.png           mode L, Cityscapes label ids 0-33
     gtFine/<split>/<city>/<base>_gtFine_labelTrainIds.png      mode L, trainIds 0-18, 255 = ignore (mmseg)
     gtFine/<split>/<city>/<base>_gtFine_color.png              RGB, the Cityscapes colour of each label id
-    id_map.csv                                                 id, split, city, seq, frame, consistency, sources
+    id_map.csv                  id, split, city, seq, frame, consistency, source paths, image, source_split
+    sample_class_stats.json, sample_class_stats_dict.json, samples_with_class.json
+                                DAFormer's rare-class-sampling statistics of the train split (its format)
 
 Id mapping (stable, documented in the card): ``city`` is the source dataset kind, lower-cased with everything but
 letters and digits removed (``gta5``, ``synthia``; Cityscapes city names contain no ``_``). ``seq`` is the numeric
@@ -19,10 +21,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from typing import Any
 
-from dasgen.labels import id_to_color, id_to_train_id
+import numpy as np
+
+from dasgen.labels import NUM_TRAIN_CLASSES, id_to_color, id_to_train_id
 from dasgen.export.parts import ExportItem, ExportPlan, FileRecord
 from dasgen.io.png import encode_png
 
@@ -45,6 +50,36 @@ def sequence_numbers(ids: list[str]) -> dict[str, int]:
     return {image_id: rank for rank, image_id in enumerate(sorted(ids))}
 
 
+def class_stats(train_ids: np.ndarray, label_file: str) -> dict[Any, Any]:
+    """One entry of DAFormer's ``sample_class_stats.json``: ``{trainId: pixels, ..., "file": label_file}`` for the
+    trainIds present, in trainId order, ``file`` last -- as ``convert_json_to_label`` in DAFormer's
+    ``tools/convert_datasets/cityscapes.py`` builds it (its GTA converter builds the same)."""
+    counts = np.bincount(train_ids.ravel(), minlength=256)
+    stats: dict[Any, Any] = {c: int(counts[c]) for c in range(NUM_TRAIN_CLASSES) if counts[c] > 0}
+    stats["file"] = label_file
+    return stats
+
+
+def rare_class_sampling_files(entries: list[dict[Any, Any]]) -> dict[str, str]:
+    """DAFormer's rare-class-sampling files from :func:`class_stats` entries, byte for byte as its converters'
+    ``save_class_stats`` writes them (``json.dump(..., indent=2)``; int keys become strings): the list
+    ``sample_class_stats.json``, the same keyed by file ``sample_class_stats_dict.json``, and
+    ``samples_with_class.json`` = ``{trainId: [[file, pixels], ...]}`` (classes in order of first appearance).
+    ``mmseg/datasets/uda_dataset.py`` reads the first and the last from the source dataset's ``data_root`` and matches
+    each file by its base name."""
+    ordered = sorted(entries, key=lambda stats: stats["file"])
+    by_file = {stats["file"]: {k: v for k, v in stats.items() if k != "file"} for stats in ordered}
+    with_class: dict[int, list[tuple[str, int]]] = {}
+    for file, stats in by_file.items():
+        for c, n in stats.items():
+            with_class.setdefault(c, []).append((file, n))
+    return {
+        "sample_class_stats.json": json.dumps(ordered, indent=2),
+        "sample_class_stats_dict.json": json.dumps(by_file, indent=2),
+        "samples_with_class.json": json.dumps(with_class, indent=2),
+    }
+
+
 def base_name(city: str, seq: int) -> str:
     """``<city>_<seq:06d>_000019``: the Cityscapes file stem shared by an image and its labels."""
     return f"{city}_{seq:06d}_{FRAME:06d}"
@@ -60,6 +95,7 @@ class CityscapesExporter:
         self.city = city
         self.seq = sequence_numbers([row["id"] for row in plan.rows])
         self._map_rows: list[list[Any]] = []
+        self._class_stats: list[dict[Any, Any]] = []
 
     def add(self, item: ExportItem) -> None:
         """Write the image and its three label files."""
@@ -70,7 +106,10 @@ class CityscapesExporter:
         self.files.write_bytes(f"{image_dir}/{base}_leftImg8bit.png", item.image_png)
         self.files.write_bytes(f"{label_dir}/{base}_gtFine_labelIds.png", encode_png(item.label_ids))
         train_ids = id_to_train_id(item.label_ids)
-        self.files.write_bytes(f"{label_dir}/{base}_gtFine_labelTrainIds.png", encode_png(train_ids))
+        train_ids_path = f"{label_dir}/{base}_gtFine_labelTrainIds.png"
+        self.files.write_bytes(train_ids_path, encode_png(train_ids))
+        if row["split"] == "train":  # DAFormer's converter counts the train split only: the one a UDA source reads
+            self._class_stats.append(class_stats(train_ids, train_ids_path))
         self.files.write_bytes(f"{label_dir}/{base}_gtFine_color.png", encode_png(id_to_color(item.label_ids)))
         self._map_rows.append(
             [
@@ -83,6 +122,7 @@ class CityscapesExporter:
                 row["source_image"],
                 row["source_label"],
                 f"{image_dir}/{base}_leftImg8bit.png",
+                row["source_split"],
             ]
         )
 
@@ -94,10 +134,13 @@ class CityscapesExporter:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(
-            ["id", "split", "city", "seq", "frame", "consistency", "source_image", "source_label", "image"]
+            ["id", "split", "city", "seq", "frame", "consistency", "source_image", "source_label", "image",
+             "source_split"]
         )
         writer.writerows(sorted(self._map_rows, key=lambda r: r[0]))
         self.files.write_text("id_map.csv", buffer.getvalue())
+        for name, text in rare_class_sampling_files(self._class_stats).items():
+            self.files.write_text(name, text)
         return {"city": self.city}
 
     def card(self, splits: list[str]) -> tuple[str, str]:
@@ -109,6 +152,7 @@ class CityscapesExporter:
             f"gtFine/<split>/{self.city}/..._gtFine_labelTrainIds.png  trainIds 0-18, 255 = ignore (mode L)\n"
             f"gtFine/<split>/{self.city}/..._gtFine_color.png          Cityscapes colours (RGB)\n"
             "id_map.csv       source id -> (split, city, seq, frame), consistency, source paths\n"
+            "sample_class_stats.json, samples_with_class.json   DAFormer's rare-class sampling (train split)\n"
             "```\n\n"
             f"`seq` is the source id when all ids are numbers below 10^6, else the id's rank in sorted ids; "
             f"`frame` is always 19. The city `{self.city}` is the source dataset kind."
@@ -123,6 +167,13 @@ class CityscapesExporter:
             "```\n\n"
             "mmsegmentation: use `CityscapesDataset` with `data_root` set to this directory, "
             "`img_suffix='_leftImg8bit.png'`, `seg_map_suffix='_gtFine_labelTrainIds.png'` (its defaults), "
-            f"`data_prefix=dict(img_path='leftImg8bit/{split}', seg_map_path='gtFine/{split}')`."
+            f"`data_prefix=dict(img_path='leftImg8bit/{split}', seg_map_path='gtFine/{split}')`.\n\n"
+            "DAFormer / HRDA / MIC (mmseg 0.x): the UDA source dataset is `data.train.source`; rare-class sampling "
+            "reads `sample_class_stats.json` and `samples_with_class.json` from its `data_root` (this directory):\n\n"
+            "```python\n"
+            "data = dict(train=dict(source=dict(type='CityscapesDataset', data_root='path/to/this/dir/',\n"
+            "                                   img_dir='leftImg8bit/train', ann_dir='gtFine/train',\n"
+            "                                   pipeline=gta_train_pipeline)))\n"
+            "```"
         )
         return layout, load

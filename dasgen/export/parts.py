@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,7 @@ from rich.text import Text
 
 from dasgen.errors import DasgenError
 from dasgen.io.lock import directory_lock
+from dasgen.export.journal import IN_PROGRESS_FILE, JournalWriter, is_temp_of, read_journal, start_journal
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
 from dasgen.artifact.reader import iter_domain_pngs
 from dasgen.io.paths import id_problem, is_safe_relpath, relpath_posix, resolve_inside
@@ -54,6 +54,7 @@ class ExportPlan:
     rows: list[dict[str, Any]]  # every index row, id order
     kept: list[dict[str, Any]]  # rows passing the gate, id order
     min_consistency: float | None
+    splits: str = "all-train"  # the split policy (:data:`SPLITS`)
 
     @property
     def dropped(self) -> int:
@@ -75,6 +76,7 @@ class ExportPlan:
             "exported": len(self.kept),
             "dropped_low_consistency": self.dropped,
             "min_consistency": self.min_consistency,
+            "splits": self.splits,
             "per_split": self.per_split,
         }
 
@@ -86,8 +88,15 @@ def passes_gate(consistency: float | None, min_consistency: float | None) -> boo
     return consistency is not None and not math.isnan(consistency) and consistency >= min_consistency
 
 
-def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> ExportPlan:
-    """Apply the quality gate to the index rows; DasgenError when nothing is left to export.
+SPLITS = ("all-train", "source")
+"""Split policies: every image in ``train`` (where downstream training reads), or the source dataset's own splits."""
+
+
+def make_plan(rows: list[dict[str, Any]], min_consistency: float | None, splits: str = "all-train") -> ExportPlan:
+    """Apply the split policy and the quality gate to the index rows; DasgenError when nothing is left to export.
+
+    ``splits="all-train"`` puts every row in ``train`` (the row keeps its source split as ``source_split``);
+    ``"source"`` keeps the index's splits.
 
     Each row's split becomes a folder name in the export, so a split that is not one plain path component (``..``,
     ``a/b``, an absolute path: an index from a stranger) is refused before anything is written.
@@ -100,6 +109,10 @@ def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> Expo
         if "/" in str(row["split"]) or not is_safe_relpath(str(row["split"])):
             raise DasgenError(f"domain index: image {row['id']!r} has split {row['split']!r}, which cannot name a "
                               "folder inside the export (one plain name expected)")
+    if splits not in SPLITS:
+        raise DasgenError(f"splits must be one of {SPLITS}, got {splits!r}")
+    rows = [{**row, "source_split": row["split"], "split": "train" if splits == "all-train" else row["split"]}
+            for row in rows]
     kept = [row for row in rows if passes_gate(row["consistency"], min_consistency)]
     if not kept:
         raise DasgenError(
@@ -107,7 +120,7 @@ def make_plan(rows: list[dict[str, Any]], min_consistency: float | None) -> Expo
             if rows
             else "nothing to export: the domain index has no rows"
         )
-    return ExportPlan(rows=rows, kept=kept, min_consistency=min_consistency)
+    return ExportPlan(rows=rows, kept=kept, min_consistency=min_consistency, splits=splits)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -163,9 +176,10 @@ def iter_items(
     """Stream the kept rows as :class:`ExportItem` in id order (image sha256 checked against the index)."""
     if size not in SIZES:
         raise DasgenError(f"size must be one of {SIZES}, got {size!r}")
-    kept_ids = {row["id"] for row in plan.kept}
-    for row, png in iter_domain_pngs(domain_dir, check=True):
-        if row["id"] not in kept_ids:
+    kept = {row["id"]: row for row in plan.kept}  # the plan's rows: their split follows the split policy
+    for index_row, png in iter_domain_pngs(domain_dir, check=True):
+        row = kept.get(index_row["id"])
+        if row is None:
             continue
         label = check_label(label_loader(row), f"label of image {row['id']} ({row['source_label']})")
         if size == "translation":
@@ -180,33 +194,46 @@ def iter_items(
 
 @dataclass
 class FileRecord:
-    """The files an export wrote (relative POSIX path -> sha256), for the manifest."""
+    """The files an export wrote (relative POSIX path -> sha256), for the manifest; each is journalled in the
+    directory's in-progress marker before and after it is written (:mod:`dasgen.export.journal`), so a rerun after a
+    kill removes exactly these files."""
 
     root: Path
     files: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.journal = JournalWriter(self.root)
+
+    def reserve(self, relpath: str) -> None:
+        """Journal that ``relpath`` is about to be written (by a library, under a temporary name first)."""
+        self.journal.reserve(relpath)
+
     def write_bytes(self, relpath: str, data: bytes) -> None:
         """Write a file atomically (no fsync: the manifest, written last with fsync, marks completion)."""
-        atomic_write_bytes(resolve_inside(self.root, relpath), data, fsync=False)
-        self.files[relpath] = sha256_bytes(data)
+        path = resolve_inside(self.root, relpath)
+        self.journal.reserve(relpath)
+        atomic_write_bytes(path, data, fsync=False)
+        self._record(relpath, sha256_bytes(data))
 
     def write_text(self, relpath: str, text: str) -> None:
         """Write a UTF-8 text file atomically and record it."""
-        atomic_write_text(resolve_inside(self.root, relpath), text, fsync=False)
-        self.files[relpath] = sha256_bytes(text.encode("utf-8"))
+        self.write_bytes(relpath, text.encode("utf-8"))
 
     def add_existing(self, path: Path) -> None:
-        """Record a file written by a library (Parquet, HDF5), hashing it from disk."""
-        self.files[relpath_posix(path, self.root)] = sha256_file(path)
+        """Record a file written by a library (Parquet, HDF5) after :meth:`reserve`, hashing it from disk."""
+        self._record(relpath_posix(path, self.root), sha256_file(path))
+
+    def _record(self, relpath: str, digest: str) -> None:
+        self.files[relpath] = digest
+        self.journal.written(relpath, digest)
+
+    def close(self) -> None:
+        """Stop journalling (before the marker becomes the manifest, or after a failure)."""
+        self.journal.close()
 
 
 MANIFEST_FILE = "manifest.json"  # written last by every export: its presence means the export is complete
 CARD_FILE = "README.md"  # the dataset card
-
-IN_PROGRESS_FILE = ".dasgen-export-incomplete"
-"""Written first into an export directory and turned into ``manifest.json`` by the last rename: while it exists the
-directory holds an unfinished export of ours, which the same command may empty and redo without ``--force``."""
-
 
 def _relation(out: Path, guarded: Path) -> str | None:
     """How resolved ``out`` touches resolved ``guarded``: "is", "lies inside", "contains", or None."""
@@ -244,13 +271,14 @@ def _earlier_export_files(out_dir: Path) -> set[str] | None:
     return {str(name) for name in manifest["files"]} | {MANIFEST_FILE}
 
 
-def _foreign_entry(out_dir: Path, owned: set[str]) -> str | None:
-    """The first file or link under ``out_dir`` that is not in ``owned`` (POSIX relative paths), else the first
-    folder that holds none of ``owned``, else None."""
+def _foreign_entry(out_dir: Path, owned: set[str], temps_of: set[str] = frozenset()) -> str | None:
+    """The first file or link under ``out_dir`` that is not in ``owned`` (POSIX relative paths) nor a temporary
+    sibling of one in ``temps_of``, else the first folder that holds none of ``owned``, else None."""
     entries = sorted(out_dir.rglob("*"))
     for path in entries:
-        if (path.is_symlink() or not path.is_dir()) and path.relative_to(out_dir).as_posix() not in owned:
-            return path.relative_to(out_dir).as_posix()
+        rel = path.relative_to(out_dir).as_posix()
+        if (path.is_symlink() or not path.is_dir()) and rel not in owned and not _is_owned_temp(rel, temps_of):
+            return rel
     for path in entries:
         rel = path.relative_to(out_dir).as_posix()
         if path.is_dir() and not path.is_symlink() and not any(name.startswith(rel + "/") for name in owned):
@@ -258,45 +286,94 @@ def _foreign_entry(out_dir: Path, owned: set[str]) -> str | None:
     return None
 
 
+def _is_owned_temp(rel: str, temps_of: set[str]) -> bool:
+    folder, _, name = rel.rpartition("/")
+    return name.endswith(".tmp") and any(
+        is_temp_of(name, other.rpartition("/")[2]) and other.rpartition("/")[0] == folder for other in temps_of)
+
+
+def _changed_entry(out_dir: Path, journal: dict[str, str | None]) -> str | None:
+    """The first journalled file that is no longer what the export wrote (another content, or now a link)."""
+    for rel, digest in sorted(journal.items()):
+        path = out_dir / rel
+        if digest is None or not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != digest:
+            return rel
+    return None
+
+
+def _remove_owned(out_dir: Path, owned: set[str], *, last: str | None = None) -> None:
+    """Delete the ``owned`` files (and temporary siblings of them), then the folders they leave empty; ``last`` (the
+    earlier manifest) goes after everything else, so an interrupted emptying stays an export of ours."""
+    try:
+        for path in sorted(out_dir.rglob("*"), reverse=True):
+            rel = path.relative_to(out_dir).as_posix()
+            if rel in (last, IN_PROGRESS_FILE) or (path.is_dir() and not path.is_symlink()):
+                continue
+            if rel in owned or _is_owned_temp(rel, owned):
+                path.unlink()
+        folders = {str(PurePosixPath(rel).parent) for rel in owned}
+        parents = {str(parent) for rel in folders for parent in [PurePosixPath(rel), *PurePosixPath(rel).parents]}
+        for rel in sorted(parents - {"."}, key=lambda r: r.count("/"), reverse=True):
+            folder = out_dir / rel
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()
+        if last is not None and os.path.lexists(out_dir / last):
+            (out_dir / last).unlink()
+    except OSError as error:
+        raise DasgenError(f"cannot empty output directory {out_dir}: {error.strerror or error} "
+                          f"({error.filename or out_dir})") from None
+
+
 def prepare_out_dir(out_dir: Path, *, force: bool, protect: Mapping[Path, str]) -> None:
-    """Make ``out_dir`` an empty directory marked unfinished (:data:`IN_PROGRESS_FILE`), or refuse with one line.
+    """Make ``out_dir`` an empty directory holding a fresh journal (:data:`IN_PROGRESS_FILE`), or refuse with one line.
 
     Call it holding :func:`locked_out_dir`. Never touched: a directory that is, lies inside or contains a ``protect``
     path (:func:`check_out_dir_location`). An empty directory is used as it is. A non-empty one is emptied only if
-    it holds an unfinished export of ours (its marker: rerunning the command redoes it, no ``--force`` needed), or,
-    with ``force``, exactly the files of an earlier finished dasgen export (its ``manifest.json`` lists them); anything
-    else in it -- a dataset, a user's file -- is refused by name. Emptying removes the marker last, so a kill while
-    emptying leaves the directory still resumable.
+    every entry in it belongs to an unfinished export of ours (the files its journal lists, unchanged since it wrote
+    them, and their temporary siblings: rerunning the command redoes it, no ``--force`` needed), or, with ``force``,
+    to an earlier finished dasgen export (the files its ``manifest.json`` lists); anything else in it -- a dataset, a
+    user's file, a file put there after the interruption -- is refused by name, before anything is deleted.
     """
     check_out_dir_location(out_dir, protect)
     if out_dir.exists() and not out_dir.is_dir():
         raise DasgenError(f"output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        unfinished = (out_dir / IN_PROGRESS_FILE).is_file()
-        if not unfinished:
-            if not force:
-                raise DasgenError(f"output directory {out_dir} is not empty; use force (--force) to overwrite an "
-                                  "earlier export there")
+        marker = out_dir / IN_PROGRESS_FILE
+        if marker.is_file() and not marker.is_symlink():
+            journal, why = read_journal(out_dir)
+            if journal is None:
+                raise DasgenError(f"refusing to reuse {out_dir}: its {IN_PROGRESS_FILE} was not written by a dasgen "
+                                  f"export ({why}), so the directory may hold data of yours; choose an empty or "
+                                  "new --out")
+            owned = set(journal) | {IN_PROGRESS_FILE}
+            foreign = _foreign_entry(out_dir, owned, temps_of=owned)
+            if foreign is not None:
+                raise DasgenError(f"refusing to redo the unfinished export in {out_dir}: it holds {foreign}, which "
+                                  "the interrupted export did not write; move it away, then rerun")
+            changed = _changed_entry(out_dir, journal)
+            if changed is not None:
+                raise DasgenError(f"refusing to redo the unfinished export in {out_dir}: {changed} was changed after "
+                                  "the interrupted export wrote it; move it away, then rerun")
+            _remove_owned(out_dir, owned)  # the journal itself stays until the fresh one replaces it
+        elif not force:
+            raise DasgenError(f"output directory {out_dir} is not empty; use force (--force) to overwrite an "
+                              "earlier export there")
+        else:
             owned = _earlier_export_files(out_dir)
             if owned is None:
                 raise DasgenError(f"refusing --force on {out_dir}: it is not a dasgen export (no dasgen "
                                   f"{MANIFEST_FILE}), so it may hold data of yours; choose an empty or new --out")
-            foreign = _foreign_entry(out_dir, owned | {CARD_FILE})
+            owned |= {CARD_FILE}
+            foreign = _foreign_entry(out_dir, owned)
             if foreign is not None:
                 raise DasgenError(f"refusing --force on {out_dir}: it holds {foreign}, which the earlier export's "
                                   f"{MANIFEST_FILE} does not list; move it away first")
-        try:
-            for child in sorted(out_dir.iterdir(), key=lambda c: c.name == IN_PROGRESS_FILE):  # the marker last
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        except OSError as error:
-            raise DasgenError(f"cannot empty output directory {out_dir}: {error.strerror or error} "
-                              f"({error.filename or out_dir})") from None
+            _remove_owned(out_dir, owned, last=MANIFEST_FILE)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / IN_PROGRESS_FILE, "unfinished dasgen export: rerun the same command to redo it\n")
+        start_journal(out_dir)
     except OSError as error:
         raise DasgenError(f"cannot write output directory {out_dir}: {error.strerror or error}") from None
 

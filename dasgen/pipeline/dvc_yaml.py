@@ -12,7 +12,9 @@ domain stages but not the diffusion training; an edit to ``diffusion/schedule.py
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -116,7 +118,28 @@ def build_pipeline(config: Config, ws: Workspace = Workspace(Path("."))) -> dict
     plots = [{"ptl_curve": {"template": "linear", "x": "domain",
                             "y": {"metrics/ptl.csv": ["consistency", "target_miou"]}}},
              {"diffusion_loss": {"template": "linear", "x": "step", "y": {"metrics/diffusion_loss.csv": "loss"}}}]
-    return {"stages": stages, "plots": plots}
+    return {"stages": stages, "plots": plots, "artifacts": export_artifact(config)}
+
+
+ARTIFACT_NAME = "translated-dataset"  # what `dvc artifacts get <repo> translated-dataset` and DVC's registry call it
+
+
+def export_artifact(config: Config) -> dict[str, Any]:
+    """The ``artifacts:`` entry that declares the export (the product) to DVC's tools: ``dvc artifacts get`` and a
+    model/data registry find it by name, type and labels instead of by path."""
+    source, target, fmt = config.data.source.kind, config.data.target.kind, config.export.format
+    root = PurePosixPath(os.path.normpath(config.data.source.root))
+    toy = PurePosixPath(os.path.normpath(config.toy.out))
+    if root == toy or toy in root.parents:  # the toy generator's domains (GTA5 and Cityscapes layouts)
+        source, target = "toy-source", "toy-target"
+    return {ARTIFACT_NAME: {
+        "path": config.export.out,
+        "type": "dataset",
+        "desc": f"{source} translated to the {target} domain by dasgen (label-guided diffusion translation, Peng et "
+                f"al., ICCV 2023): the last of {config.ptl.N} domains, exported as {fmt} with dataset card and "
+                "manifest; labels are the source labels, Cityscapes ids and trainIds",
+        "labels": ["dasgen", "semantic-segmentation", "domain-adaptation", "synthetic-to-real", source, fmt],
+    }}
 
 
 class _PlainDumper(yaml.SafeDumper):

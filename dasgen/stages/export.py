@@ -34,7 +34,7 @@ def source_label_loader(config: Config, ws: Workspace, size: str):
 
 def run_export(config: Config, ws: Workspace, *, fmt: str | None = None, out: Path | None = None,
                domain: int | None = None, size: str | None = None, min_consistency: float | None = None,
-               force: bool = False, progress: bool = True) -> dict:
+               force: bool = False, progress: bool = True, splits: str | None = None) -> dict:
     """Export domain ``domain`` (default: the last, N) in ``fmt`` to ``out`` (defaults from ``params.yaml: export``)."""
     e = config.export
     n = config.ptl.N if domain is None else domain
@@ -49,7 +49,14 @@ def run_export(config: Config, ws: Workspace, *, fmt: str | None = None, out: Pa
                          label_loader=source_label_loader(config, ws, size), size=size,
                          min_consistency=min_consistency if min_consistency is not None else e.min_consistency,
                          force=force, shard_size=e.shard_size, progress=progress, license=config.data.license,
-                         license_note=config.data.license_note, protect=protected_paths(config, ws))
+                         license_note=config.data.license_note, protect=protected_paths(config, ws),
+                         splits=splits or e.splits, workspace=ws.root, toy=source_is_toy(config, ws))
+
+
+def source_is_toy(config: Config, ws: Workspace) -> bool:
+    """Whether the source dataset is the toy generator's (``data.source.root`` inside ``toy.out``)."""
+    source, toy = (ws.root / config.data.source.root).resolve(), (ws.root / config.toy.out).resolve()
+    return source == toy or toy in source.parents
 
 
 def protected_paths(config: Config, ws: Workspace) -> dict[Path, str]:

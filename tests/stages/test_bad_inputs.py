@@ -627,3 +627,96 @@ def test_force_on_a_directory_that_cannot_be_emptied_is_one_line(tmp_path, monke
                "Permission denied")
     monkeypatch.undo()
     assert tree_bytes(out) == before
+
+
+@pytest.mark.parametrize("left", ["index-only", "no-checksums", "altered-index"])
+def test_export_refuses_a_domain_that_is_not_finished(tmp_path, monkeypatch, left):
+    """A domain killed after ``index.parquet`` and before ``provenance.json`` (or before ``checksums.json``, which
+    finalize writes last) is not exported; nor is one whose index no longer matches what finalize recorded."""
+    root = export_workspace(tmp_path / "ws", 4, monkeypatch)
+    domain = Workspace(root).domain_dir(2, 2)
+    if left == "index-only":
+        for name in ("provenance.json", "metrics.json", "checksums.json"):
+            (domain / name).unlink()
+    elif left == "no-checksums":
+        (domain / "checksums.json").unlink()
+    else:
+        (domain / "index.parquet").write_bytes((domain / "index.parquet").read_bytes() + b"\0")
+    out = tmp_path / "out"
+    fragment = "was altered after it was finished" if left == "altered-index" else "is not finished"
+    error_line(invoke(root, "export", "--out", str(out)), str(domain), fragment)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt, final", [("parquet", "train-00000-of-00001.parquet"), ("hdf5", "dataset.h5")])
+def test_disk_full_closing_a_parquet_or_hdf5_export_is_one_line(tmp_path, monkeypatch, fmt, final):
+    """The last write of a shard or of dataset.h5 happens when it is closed: a failure there is one line too, no
+    temporary file stays, and the same command then finishes the export."""
+    root = export_workspace(tmp_path / "ws", 6, monkeypatch)
+    out = tmp_path / "out"
+    _failing(monkeypatch, "replace", errno.ENOSPC, lambda path, calls: Path(path).name == final)
+    error_line(invoke(root, "export", "--format", fmt, "--out", str(out)), f"cannot write {out}",
+               "No space left on device")
+    monkeypatch.undo()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")] and not (out / "manifest.json").exists()
+    result = invoke(root, "export", "--format", fmt, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert invoke(root, "verify", str(out)).exit_code == 0
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_writes_failing_inside_the_parquet_and_hdf5_libraries_are_one_line(tmp_path, monkeypatch, fmt):
+    """The OS refusing the libraries' own writes (here a file-size limit, EFBIG, as a full disk refuses them with
+    ENOSPC) gives one line and exit 1 -- no traceback, no crash of the HDF5 library -- and leaves no temporary file."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    root = export_workspace(tmp_path / "ws", 16, monkeypatch)  # a shard of 8 rows and dataset.h5 exceed 12 kB
+    out = tmp_path / "out"
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
+
+    process = subprocess.run(
+        [sys.executable, "-m", "dasgen", "--params", str(root / "params.yaml"), "--workspace", str(root),
+         "export", "--format", fmt, "--out", str(out)],
+        capture_output=True, text=True, preexec_fn=limit_file_size, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert process.returncode == 1, (process.returncode, process.stderr[-2000:])
+    assert "Traceback" not in process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write {out}" in errors[0] and "File too large" in errors[0], errors
+    assert ("dataset.h5" if fmt == "hdf5" else ".parquet") in errors[0]  # the library's own write failed
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    result = invoke(root, "export", "--format", fmt, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert invoke(root, "verify", str(out)).exit_code == 0
+
+
+def test_a_force_replacement_that_fails_part_way_can_be_redone(tmp_path, monkeypatch):
+    """``--force`` over an earlier export that stops part-way (a read-only subdirectory: its images cannot be
+    deleted) leaves a directory that is still that earlier export: its manifest goes last. Once the cause is fixed,
+    ``--force`` replaces it; a plain run still asks for ``--force``."""
+    root = export_workspace(tmp_path / "ws", 6, monkeypatch)
+    out = tmp_path / "earlier"
+    assert invoke(root, "export", "--out", str(out)).exit_code == 0
+    real_unlink = os.unlink
+
+    def read_only_images(path, *args, **kwargs):
+        if os.fspath(path).endswith("_leftImg8bit.png"):  # as in a read-only leftImg8bit/ (root ignores chmod here)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", read_only_images)
+    error_line(invoke(root, "export", "--out", str(out), "--force", "--min-consistency", "0.5"),
+               f"cannot empty output directory {out}", "Permission denied")
+    monkeypatch.undo()
+    assert (out / "manifest.json").is_file() and not (out / ".dasgen-export-incomplete").exists()
+    error_line(invoke(root, "export", "--out", str(out)), "is not empty; use force (--force)")
+    result = invoke(root, "export", "--out", str(out), "--force", "--min-consistency", "0.5")
+    assert result.exit_code == 0, result.output
+    assert invoke(root, "verify", str(out)).exit_code == 0
+    assert json.loads((out / "manifest.json").read_text())["counts"]["min_consistency"] == 0.5

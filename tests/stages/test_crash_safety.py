@@ -343,5 +343,79 @@ def test_export_marker_is_replaced_by_the_manifest_in_one_rename(small_export_wo
                                                  "--out", str(out)))
     assert result.exit_code == 0, result.output
     assert seen == [IN_PROGRESS_FILE]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "id2label.json", "manifest.json"]
     assert not any(is_temp_name(p.name) for p in out.rglob("*"))
+
+
+def _interrupt_export_after(monkeypatch, fmt: str, images: int) -> None:
+    """Make the next export of ``fmt`` stop with Ctrl-C after ``images`` images."""
+    from dasgen.export.run import EXPORTERS
+
+    exporter, calls = EXPORTERS[fmt], []
+    original_add = exporter.add
+
+    def add_then_interrupt(self, item):
+        if len(calls) == images:
+            raise KeyboardInterrupt
+        calls.append(item.row["id"])
+        return original_add(self, item)
+
+    monkeypatch.setattr(exporter, "add", add_then_interrupt)
+
+
+def test_rerun_of_an_interrupted_export_keeps_files_added_meanwhile(small_export_workspace, tmp_path, monkeypatch):
+    """An unfinished export may remove only what its own journal lists: a user's file added to its directory
+    after the interruption (at the top or inside one of the export's own folders) survives the rerun."""
+    root, runner = small_export_workspace, CliRunner()
+
+    def export(out: Path):
+        return runner.invoke(app, dasgen_args(root, "export", "--format", "cityscapes", "--out", str(out)))
+
+    assert export(tmp_path / "reference").exit_code == 0
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _interrupt_export_after(patch, "cityscapes", 10)
+        assert export(out).exit_code == 130
+    assert (out / IN_PROGRESS_FILE).is_file()
+    mine = {out / "notes.txt": b"my notes", out / "leftImg8bit" / "mine.png": b"my picture"}
+    for path, data in mine.items():
+        path.write_bytes(data)
+
+    result = export(out)  # the same command: refused, naming the file it did not write
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "leftImg8bit/mine.png" in result.stderr or "notes.txt" in result.stderr, result.stderr
+    assert all(path.read_bytes() == data for path, data in mine.items())
+    assert (out / IN_PROGRESS_FILE).is_file()  # still resumable once the user's files are moved away
+
+    for path in mine:
+        path.unlink()
+    written = sorted((out / "leftImg8bit").rglob("*.png"))[0]
+    written.write_bytes(b"the user's own picture, saved over one the export wrote")
+    result = export(out)  # a journalled file with other content than the export wrote is not the export's either
+    assert result.exit_code == 1 and "was changed after the interrupted export wrote it" in result.stderr
+    assert written.read_bytes().startswith(b"the user's own picture")
+
+    written.unlink()
+    result = export(out)
+    assert result.exit_code == 0, result.output
+    assert tree_bytes(out) == tree_bytes(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("marker", ["", "unfinished dasgen export: rerun the same command to redo it\n",
+                                    '{"dasgen_export_journal": 1}\n{"path": "../outside.txt"}\n'])
+@pytest.mark.parametrize("force", [False, True])
+def test_a_planted_incomplete_marker_never_deletes_a_foreign_file(small_export_workspace, tmp_path, marker, force):
+    """A ``.dasgen-export-incomplete`` that no export of ours wrote (empty, the old one-line text, or a journal
+    naming a path outside the directory) makes the directory foreign: refused, nothing deleted."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    (out / IN_PROGRESS_FILE).write_text(marker)
+    (tmp_path / "outside.txt").write_text("outside")
+    before = tree_bytes(tmp_path)
+    args = ["--force"] if force else []
+    result = CliRunner().invoke(app, dasgen_args(small_export_workspace, "export", "--format", "cityscapes",
+                                                 "--out", str(out), *args))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "error:" in result.stderr and str(out) in result.stderr
+    assert tree_bytes(tmp_path) == before

@@ -159,3 +159,30 @@ def test_blown_up_images_are_counted_against_real_target_photos(workspace):
     metrics = run_domain(config, Workspace(workspace), 1, progress=False)
     assert metrics["blown_up_images"] == 0 and 0 < metrics["roughness_ratio"] < 2.5
     assert json.loads((Workspace(workspace).domain_metrics(1)).read_text())["blown_up_images"] == 0
+
+
+def test_no_file_of_an_export_holds_the_workspace_path(workspace):
+    """The domain is translated with the source root given as an absolute path (params keep it as typed); no file of
+    any export format contains the workspace's absolute path, and the toy's card cites no third-party dataset."""
+    source = f"data.source.root={(workspace / 'data' / 'toy' / 'source').resolve()}"
+    assert invoke(workspace, "--set", source, "translate", "--domain", "1").exit_code == 0
+    assert str(workspace.resolve()) in (Workspace(workspace).domain_dir(1, 2) / "provenance.json").read_text()
+    for fmt in ("cityscapes", "parquet", "hdf5"):
+        out = workspace / "exports" / fmt
+        result = invoke(workspace, "--set", source, "export", "--domain", "1", "--format", fmt, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        for path in out.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert str(workspace.resolve()).encode() not in data and str(workspace).encode() not in data, path
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["provenance"]["params"]["data"]["source"]["root"] == "data/toy/source"
+        card = (out / "README.md").read_text()
+        assert "procedural toy" in card and "peng2023diffusion" in card and "richter2016playing" not in card
+
+
+def test_version_option_prints_the_version():
+    import dasgen
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"dasgen {dasgen.__version__}\n"

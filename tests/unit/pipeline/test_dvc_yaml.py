@@ -56,3 +56,17 @@ def test_parse_domain_range(text, expected):
 def test_parse_domain_range_rejects(text):
     with pytest.raises(DasgenError, match="--domains"):
         parse_domain_range(text, 4)
+
+
+def test_the_export_is_declared_as_a_dataset_artifact():
+    """dvc.yaml's ``artifacts:`` names the export for ``dvc artifacts get`` and DVC's registry (type, description,
+    labels); the toy pipeline does not call its toy data GTA5."""
+    from dasgen.pipeline.dvc_yaml import ARTIFACT_NAME
+
+    shipped = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    artifact = shipped["artifacts"][ARTIFACT_NAME]
+    assert artifact["path"] == load_config(REPO / "params.yaml").export.out == shipped["stages"]["export"]["outs"][0]
+    assert artifact["type"] == "dataset" and "dasgen" in artifact["desc"] and "semantic-segmentation" in artifact["labels"]
+    assert "toy-source" in artifact["labels"] and "gta5" not in artifact["labels"]
+    paper = build_pipeline(load_config(REPO / "params-paper.yaml"))["artifacts"][ARTIFACT_NAME]
+    assert paper["desc"].startswith("gta5 translated to the cityscapes domain") and "gta5" in paper["labels"]

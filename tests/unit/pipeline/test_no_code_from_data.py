@@ -184,10 +184,14 @@ def test_ids_from_the_scan_record_cannot_leave_the_domain(workspace, bad_id):
 
 
 def _rewrite_index(domain: Path, change) -> None:
+    """Tamper with a domain's index as a stranger would: consistently, its checksum record updated too."""
     table = pq.read_table(domain / "index.parquet")
     rows = table.to_pylist()
     change(rows)
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), domain / "index.parquet")
+    record = json.loads((domain / "checksums.json").read_text())
+    record["files"]["index.parquet"] = sha256_file(domain / "index.parquet")
+    (domain / "checksums.json").write_text(json.dumps(record))
 
 
 @pytest.mark.parametrize("split", ["../../escaped", "/tmp/escaped", "a/../../b", ".."])
