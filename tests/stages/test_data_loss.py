@@ -81,6 +81,7 @@ def no_toy_writes(monkeypatch):
 
     monkeypatch.setattr(writing, "atomic_write_bytes", refuse)
     monkeypatch.setattr(writing, "atomic_write_json", refuse)
+    monkeypatch.setattr(writing, "atomic_write_text", refuse)
 
 
 def test_toy_out_onto_a_foreign_dataset_deletes_and_overwrites_nothing(finished, tmp_path):
