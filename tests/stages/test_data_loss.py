@@ -4,13 +4,16 @@ anything, and refuses to write over files it did not make. The table in docs/bad
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
+from conftest import write_tiny_params
 from dasgen.cli import app
 from dasgen.pipeline.workspace import Workspace
 from test_bad_inputs import error_line, invoke
@@ -149,3 +152,51 @@ def test_a_domain_behind_a_link_is_never_cleared_through_it(finished, tmp_path):
     result = invoke(finished, "--set", "sgg.lambda=40", "translate", "--domain", "2")
     assert result.exit_code == 0, result.output
     assert ws.domain_dir(2, 2).is_symlink() and (elsewhere / "index.parquet").is_file()
+
+
+# -- dasgen ablate ------------------------------------------------------------------------------------------------
+
+
+def _write_spec(directory: Path) -> Path:
+    write_tiny_params(directory)
+    spec = {"base": "params.yaml", "out": "abl", "results": "results", "seeds": [0], "set": {"toy.n_source": 8},
+            "variants": {"full": {"label": "Ours (full)", "set": {}}}}
+    (directory / "ablation.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return directory / "ablation.yaml"
+
+
+def test_a_report_of_no_runs_never_replaces_a_report_with_rows(tmp_path):
+    """`ablate --report-only` in a fresh clone: the committed reports have rows, the work tree holds no run."""
+    spec_path = _write_spec(tmp_path)
+    results = tmp_path / "results"
+    results.mkdir()
+    committed = {"ablation.json": json.dumps({"runs": [{"seed": 0, "variant": "full", "target_miou": 0.5}],
+                                              "summary": []}).encode(),
+                 "ablation.csv": b"seed,variant\n0,full\n", "ablation.md": b"| Ours (full) | 50.0 |\n"}
+    for name, data in committed.items():
+        (results / name).write_bytes(data)
+    result = runner.invoke(app, ["ablate", "--spec", str(spec_path), "--report-only"])
+    error_line(result, f"{results / 'ablation.json'}: holds 1 finished run", "no finished run",
+               f"dasgen ablate --spec {spec_path}")
+    assert tree_bytes(results) == committed
+
+
+@pytest.mark.parametrize("spelling", ["shared", "through-a-variant-link"])
+def test_ablate_ddpm_naming_the_shared_ddpm_keeps_it(tiny_workspace, tmp_path, spelling):
+    from rich.console import Console
+
+    from dasgen.research.ablate import load_spec, prepare_ddpm
+
+    spec = load_spec(_write_spec(tmp_path))
+    shared = Workspace(spec.out / "shared")
+    shutil.copytree(Workspace(tiny_workspace).diffusion_dir, shared.diffusion_dir)
+    before = tree_bytes(shared.diffusion_model)
+    given = shared.diffusion_model
+    if spelling == "through-a-variant-link":  # <out>/seed-0/full/data/diffusion -> the shared one
+        link = spec.out / "seed-0" / "full" / "data" / "diffusion"
+        link.parent.mkdir(parents=True)
+        link.symlink_to(shared.diffusion_dir, target_is_directory=True)
+        given = link / "model"
+    sha = prepare_ddpm(spec, shared, ddpm=given, console=Console(stderr=True))
+    assert tree_bytes(shared.diffusion_model) == before
+    assert sha == hashlib.sha256(before["diffusion_pytorch_model.safetensors"]).hexdigest()
