@@ -38,7 +38,11 @@ class State:
 
     @classmethod
     def config(cls) -> Config:
-        return load_config(cls.params, cls.overrides)
+        from dasgen.pipeline.dvc_guard import check_dvc_stage
+
+        config = load_config(cls.params, cls.overrides)
+        check_dvc_stage(config)  # under `dvc repro`: refuse to run a stage of a dvc.yaml older than params.yaml
+        return config
 
     @classmethod
     def ws(cls):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 from rich.console import Console
 from rich.table import Table
@@ -12,6 +11,7 @@ from dasgen.config import Config
 from dasgen.planning.costs import estimate_cost, render_estimate
 from dasgen.planning.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
 from dasgen.pipeline.workspace import Workspace
+from dasgen.pipeline.common import load_source_pairs
 
 
 def plan_report(config: Config, ws: Workspace, *, source_images: int | None = None) -> dict:
@@ -23,7 +23,7 @@ def plan_report(config: Config, ws: Workspace, *, source_images: int | None = No
     if source_images is not None:
         pass
     elif ws.source_pairs.is_file():
-        record = json.loads(ws.source_pairs.read_text())
+        _, record = load_source_pairs(ws)  # checked: a damaged record is one line
         source_images = len(record["entries"])
         classes = record.get("mean_classes_per_image") or classes
         measured = True

@@ -17,7 +17,6 @@ translates every usable source image -- the dataset users export. The stage is r
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -50,6 +49,7 @@ from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
+from dasgen.io.state import read_state
 from dasgen.artifact.writer import DomainWriter, ImageRecord
 from dasgen.artifact.journal import JOURNAL_DIR
 from dasgen.artifact.schema import CHECKSUMS_FILE, STAGING_DIR
@@ -124,7 +124,9 @@ def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: 
     # Every rank decides from the same state: without the two barriers a rank that reads the marker after rank 0 has
     # written it below would skip rank 0's barrier, and the ranks' barriers would pair up wrongly (a hang).
     ctx.barrier()
-    same_run = marker.is_file() and json.loads(marker.read_text()) == fingerprint
+    same_run = marker.is_file() and read_state(
+        marker, remedy=f"it records what {out.name} was made from; remove {out} to translate the domain afresh"
+    ) == fingerprint
     # complete = finalize ran to its end: its files exist and its clean-up left no journal, staging or trash
     complete = same_run and (
         all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json", CHECKSUMS_FILE))
@@ -267,7 +269,8 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     reader = source_reader(config, ws.root)
     if _prepare_directory(out, fingerprint, ctx, console):
         console.print(f"domain {n}: already complete, nothing to do")
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = read_state(out / "metrics.json", remedy=f"`dasgen verify {out}` lists the damage; remove {out} "
+                             "to translate the domain afresh")
         if ctx.is_main and not ws.domain_metrics(n, config.ptl.N).is_file():  # killed just before writing it
             write_json(ws.domain_metrics(n, config.ptl.N),
                        {k: v for k, v in metrics.items() if k != "target_per_class"})
