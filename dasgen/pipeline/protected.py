@@ -10,13 +10,13 @@ from dasgen.config import Config
 from dasgen.pipeline.workspace import Workspace
 
 
-def workspace_artifacts(config: Config, ws: Workspace) -> dict[Path, str]:
+def workspace_artifacts(ws: Workspace) -> dict[Path, str]:
     """The files and folders the pipeline's stages write (``{path: what it is}``)."""
     return {
         ws.source_pairs: "the source scan (data/source_pairs.json)",
         ws.diffusion_dir: "the target DDPM (data/diffusion)",
         ws.g0_dir: "the source segmenter g_0 (data/g0)",
-        ws.domain_dir(1, config.ptl.N).parent: "the PTL domains (data/domains)",
+        ws.domain_dir(1).parent: "the PTL domains (data/domains)",
         ws.metrics: "the pipeline's metrics (metrics/)",
     }
 
@@ -31,5 +31,13 @@ def dataset_roots(config: Config, ws: Workspace) -> dict[Path, str]:
 
 
 def protected_paths(config: Config, ws: Workspace) -> dict[Path, str]:
-    """Both: what an export, a contact sheet or a plot may never be written into, over or around."""
-    return dataset_roots(config, ws) | workspace_artifacts(config, ws)
+    """Both: what an export may never be written into, over or around."""
+    return dataset_roots(config, ws) | workspace_artifacts(ws)
+
+
+def figure_protected_paths(config: Config | None, ws: Workspace) -> dict[Path, str]:
+    """What a figure (``sheet --out``, ``plot --out``) may not be written into or over: the datasets (when params are
+    at hand) and the stages' artifacts, except ``metrics/`` -- where figures go by default; a figure is a ``.png``,
+    so the metrics' JSON and CSV files are safe from it anyway."""
+    roots = dataset_roots(config, ws) if config is not None else {}
+    return roots | {path: what for path, what in workspace_artifacts(ws).items() if path != ws.metrics}

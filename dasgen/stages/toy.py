@@ -24,7 +24,7 @@ def run_toy(config: Config, *, root: Path = Path("."), out: Path | None = None, 
     out_dir = Path(out or root / t.out)
     own = {out_dir.resolve(), (out_dir / "source").resolve(), (out_dir / "target").resolve()}
     ws = Workspace(root)
-    protect = workspace_artifacts(config, ws) | {path: what for path, what in dataset_roots(config, ws).items()
+    protect = workspace_artifacts(ws) | {path: what for path, what in dataset_roots(config, ws).items()
                                                  if path.resolve() not in own}
     refuse_location(out_dir, protect, doing="write the toy datasets into")
     knobs = {"seed": t.seed, "n_source": t.n_source, "n_target_train": t.n_target_train,
