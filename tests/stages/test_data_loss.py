@@ -22,9 +22,10 @@ from test_crash_safety import tree_bytes
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_domains(tiny_workspace, tmp_path_factory) -> Path:
-    """The tiny workspace with domains 1 and 2 finished, made once for the module (copy it before writing)."""
+    """The tiny workspace with domains 1 and 2 finished, made once for the session: the modules that import this
+    fixture share it (copy it before writing, as ``finished`` does)."""
     root = tmp_path_factory.mktemp("two-domains") / "ws"
     shutil.copytree(tiny_workspace, root)
     for n in ("1", "2"):
