@@ -38,7 +38,11 @@ class State:
 
     @classmethod
     def config(cls) -> Config:
-        return load_config(cls.params, cls.overrides)
+        from dasgen.pipeline.dvc_guard import check_dvc_stage
+
+        config = load_config(cls.params, cls.overrides)
+        check_dvc_stage(config)  # under `dvc repro`: refuse to run a stage of a dvc.yaml older than params.yaml
+        return config
 
     @classmethod
     def ws(cls):
@@ -367,6 +371,19 @@ def ablate(
     out.print(render_markdown(report), highlight=False)
 
 
+def _figure_out(path: Path) -> Path:
+    """``--out`` of a figure, checked before any work: a ``.png`` not inside a dataset or a stage's artifacts."""
+    from dasgen.io.paths import refuse_location
+    from dasgen.pipeline.protected import figure_protected_paths
+
+    config = State.config() if State.params.is_file() else None  # plot needs no params; then only the artifacts
+    refuse_location(path, figure_protected_paths(config, State.ws()), doing="write a figure over")
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise DasgenError(f"--out {path}: a figure is written as a .png file; name one (an existing file of another "
+                          "kind, or a directory, is never overwritten)")
+    return path
+
+
 @app.command()
 @handles_errors
 def sheet(
@@ -382,13 +399,12 @@ def sheet(
     from dasgen.research.sheet import domain_sheet, guidance_sheet
 
     ws = State.ws()
+    path = _figure_out(out_path or ws.metrics / ("sheet-guidance.png" if guided else "sheet.png"))
     if guided:
-        result = guidance_sheet(State.config(), ws, out_path or ws.metrics / "sheet-guidance.png", count=count,
-                                ids=_csv_list(ids, "--ids"))
+        result = guidance_sheet(State.config(), ws, path, count=count, ids=_csv_list(ids, "--ids"))
         result.pop("images")
     else:
-        result = domain_sheet(State.config(), ws, out_path or ws.metrics / "sheet.png", count=count,
-                              ids=_csv_list(ids, "--ids"))
+        result = domain_sheet(State.config(), ws, path, count=count, ids=_csv_list(ids, "--ids"))
     err.print(f"sheet written: {escape(json.dumps(result))}", highlight=False)
 
 
@@ -405,7 +421,7 @@ def plot(
 
     ws = State.ws()
     if ablation is not None:
-        result = plot_ablation(ablation, out_path or ablation.with_suffix(".png"))
+        result = plot_ablation(ablation, _figure_out(out_path or ablation.with_suffix(".png")))
     else:
-        result = plot_ptl(csv_path or ws.metrics / "ptl.csv", out_path or ws.metrics / "ptl.png")
+        result = plot_ptl(csv_path or ws.metrics / "ptl.csv", _figure_out(out_path or ws.metrics / "ptl.png"))
     err.print(f"plot written: {escape(json.dumps(result))}", highlight=False)

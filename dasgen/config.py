@@ -396,12 +396,22 @@ def _cross_checks(config: Config, source: str) -> None:
                           f"({config.ptl.t_final}); the DDPM must learn every noise level the domains use")
     if len(d.train.adam_betas) != 2:
         raise ConfigError(f"{source}: diffusion.train.adam_betas: expected two numbers")
+    if not all(0.0 <= beta < 1.0 for beta in d.train.adam_betas):  # Adam's moment decays; torch refuses others
+        raise ConfigError(f"{source}: diffusion.train.adam_betas: each must lie in [0, 1), got "
+                          f"{_show(list(d.train.adam_betas))}")
+    too_noisy = [t for t in d.fidelity_levels if t > d.num_train_timesteps]
+    if too_noisy:  # a round trip phi^t needs t <= T; above it nothing would be recorded
+        raise ConfigError(f"{source}: diffusion.fidelity_levels: {too_noisy[0]} exceeds diffusion.num_train_timesteps "
+                          f"(T = {d.num_train_timesteps})")
     if config.segmenter.weights == "imagenet" and (config.segmenter.arch == "toy" or ":" in config.segmenter.arch):
         raise ConfigError(f"{source}: segmenter.weights: imagenet: arch {config.segmenter.arch!r} has no published "
                           "ImageNet weights (the paper nets, torchvision and SegFormer archs do); give a local "
                           ".safetensors file or null")
     if config.segmenter.input_size is not None and len(config.segmenter.input_size) != 2:
         raise ConfigError(f"{source}: segmenter.input_size: expected [height, width] or null")
+    if config.segmenter.input_size is not None and min(config.segmenter.input_size) < 8:  # as data.resolution
+        raise ConfigError(f"{source}: segmenter.input_size: {_show(list(config.segmenter.input_size))}: each side "
+                          "must be >= 8 pixels")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -490,6 +500,8 @@ def parse_yaml(text: str, source: str) -> Any:
 
 def apply_overrides(data: dict, overrides: dict[str, Any], *, source: str) -> None:
     """Set dotted keys (``{"sgg.lambda": 40}``) in parsed params data, in place; checked later like the file."""
+    if overrides and not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level: expected a mapping, got {_show(data)}")
     for dotted, value in overrides.items():
         node = data
         *parents, last = dotted.split(".")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dasgen.errors import DasgenError
-from dasgen.artifact.schema import JOURNAL_DIR  # noqa: F401 (re-exported: callers import it from here)
+from dasgen.artifact.schema import IMAGES_DIR, JOURNAL_DIR  # noqa: F401 (JOURNAL_DIR re-exported for callers)
+from dasgen.io.paths import id_problem
 
 _RANK_FILE = re.compile(r"^rank-(\d+)\.jsonl$")
 
@@ -44,10 +45,34 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     entries = []
     for number, line in enumerate(complete, start=1):
         try:
-            entries.append(json.loads(line))
+            entry = json.loads(line)
         except ValueError as error:
             raise DasgenError(f"journal {path} line {number} is corrupt: {error}") from error
+        problem = entry_problem(entry)
+        if problem is not None:
+            raise DasgenError(f"journal {path} line {number} is not a record of a translated image ({problem}); "
+                              "delete the domain directory and rerun")
+        entries.append(entry)
     return entries
+
+
+def entry_problem(entry: Any) -> str | None:
+    """Why a journal line cannot be a finished image's record, or None. A journal is a file on disk that the index,
+    the image file names and the fine-tune are built from, so its id and paths are checked as strictly as a scan's:
+    a tampered ``"id": "../../../escape"`` never reaches ``index.parquet``."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    for key in ("id", "sha256", "format"):
+        if not isinstance(entry.get(key), str):
+            return f"no {key!r} string"
+    problem = id_problem(entry["id"])
+    if problem is not None:
+        return f"id {entry['id'][:80]!r} cannot name a file: {problem}"
+    if entry["format"] == "png" and entry.get("image") != f"{IMAGES_DIR}/{entry['id']}.png":
+        return f"image path {str(entry.get('image'))[:80]!r} is not {IMAGES_DIR}/<id>.png"
+    if entry["format"] == "parquet" and not (isinstance(entry.get("staged"), str) and type(entry.get("row")) is int):
+        return "no staging shard and row"
+    return None
 
 
 def read_journals(directory: Path) -> list[dict[str, Any]]:

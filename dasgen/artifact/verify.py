@@ -11,6 +11,7 @@ out may exist. A path in an index or manifest that is absolute or climbs out wit
 from __future__ import annotations
 
 import json
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ def verify_export(root: Path) -> VerifyReport:
         raise DasgenError(f"{root / MANIFEST_FILE} is not a dasgen manifest: {error}") from error
     _compare(report, root, files)
     report.extra = [p for p in walk_files(root) if p != MANIFEST_FILE and p not in files]
+    report.invalid += _special_files(root)
     return report
 
 
@@ -119,7 +121,19 @@ def verify_domain(root: Path) -> VerifyReport:
         _check_shard_contents(report, root, rows)
     report.extra = [p for p in walk_files(root)
                     if p != CHECKSUMS_FILE and p not in (expected if is_image_payload(p) else recorded)]
+    report.invalid += _special_files(root)
     return report
+
+
+def _special_files(root: Path) -> list[str]:
+    """Entries that are neither folders, regular files nor links (a FIFO, a socket, a device): no artifact holds
+    one, and reading one could block or never end, so each is reported invalid and never opened."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        if not (path.is_symlink() or path.is_dir() or path.is_file()):
+            kind = "FIFO" if stat.S_ISFIFO(path.lstat().st_mode) else "not a regular file"
+            found.append(f"{path.relative_to(root).as_posix()} ({kind})")
+    return found
 
 
 def _recorded_checksums(root: Path, report: VerifyReport) -> dict[str, str]:

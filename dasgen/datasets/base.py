@@ -122,13 +122,26 @@ def decode_failure(what: str, error: BaseException) -> str:
 
 
 def read_rgb(root: Path, rel: str) -> np.ndarray:
-    """Decode ``root/rel`` to uint8 (H, W, 3) RGB (grey, palette and alpha images are converted)."""
+    """Decode ``root/rel`` to uint8 (H, W, 3) RGB (grey, palette and alpha images are converted; 16-bit grey keeps
+    its high byte -- Pillow's own conversion clips it to 255, which made a grey photo a white "blank frame")."""
     try:
         with Image.open(root / rel) as im:
             im.load()
+            if im.mode.startswith("I;16") or im.mode == "I":
+                return _wide_grey_to_rgb(rel, np.asarray(im))
+            if im.mode == "F":
+                raise PairProblem(rel, "image has floating-point pixels (mode F); expected an 8- or 16-bit image")
             return np.asarray(im.convert("RGB"))
     except DECODE_ERRORS as error:
         raise PairProblem(rel, decode_failure("image", error)) from error
+
+
+def _wide_grey_to_rgb(rel: str, grey: np.ndarray) -> np.ndarray:
+    """16-bit grey (H, W) -> uint8 (H, W, 3): the top 8 bits, as a 16-bit PNG's 8-bit rendering shows it."""
+    if grey.size and (int(grey.min()) < 0 or int(grey.max()) > 0xFFFF):
+        raise PairProblem(rel, "image has 32-bit integer pixels; expected an 8- or 16-bit image")
+    byte = (grey.astype(np.uint32) >> 8).astype(np.uint8)
+    return np.repeat(byte[:, :, None], 3, axis=2)
 
 
 def read_index_label(root: Path, rel: str, *, expected: str) -> np.ndarray:

@@ -3,7 +3,6 @@ that never touch the reverse-step maths do not depend on it in dvc.yaml.)"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from dasgen.datasets.base import DatasetReader, Entry
 from dasgen.datasets.registry import open_dataset
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import atomic_write_json
+from dasgen.io.state import read_state
 from dasgen.pipeline.workspace import Workspace
 
 
@@ -40,10 +40,9 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_json(path, data)
 
 
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DasgenError(f"{path}: not found (run the stage that writes it first)")
-    return json.loads(path.read_text())
+def read_json(path: Path, *, keys: dict | None = None, remedy: str = "run the stage that writes it first") -> dict:
+    """A JSON state file written by a stage, checked (:func:`dasgen.io.state.read_state`): one line if damaged."""
+    return read_state(path, keys=keys, remedy=remedy)
 
 
 def canonical_root(root: str, ws_root: Path) -> str:
@@ -64,7 +63,11 @@ def load_source_pairs(ws: Workspace, config: Config | None = None) -> tuple[list
     With ``config``, the scan must be of the dataset the params name (kind, root, split, bad-pair policy): a scan of
     another source would silently translate the wrong images, so it is refused with the command that redoes it.
     """
-    record = read_json(ws.source_pairs)
+    remedy = "run `dasgen scan` (or `dvc repro`) to rewrite it"
+    record = read_json(ws.source_pairs, keys={"kind": str, "root": str, "entries": list, "skipped": list},
+                       remedy=remedy)
+    if not record["entries"]:
+        raise DasgenError(f"{ws.source_pairs}: holds no source pair; {remedy}")
     if config is not None:
         src = config.data.source
         expected = {"kind": src.kind, "root": canonical_root(src.root, ws.root), "split": src.split}
@@ -74,8 +77,19 @@ def load_source_pairs(ws: Workspace, config: Config | None = None) -> tuple[list
             key = next(k for k in expected if expected[k] != found[k])
             raise DasgenError(f"{ws.source_pairs}: scanned from source {key} {found[key]!r}, but params name "
                               f"data.source.{key} = {expected[key]!r}; run `dasgen scan` (or `dvc repro`) first")
-    entries = [Entry(**e) for e in record["entries"]]
+    entries = [_entry(e, ws.source_pairs, number, remedy) for number, e in enumerate(record["entries"], start=1)]
     return entries, record
+
+
+def _entry(item: Any, path: Path, number: int, remedy: str) -> Entry:
+    """Entry ``number`` of a scan record, checked: an object of strings ``id``, ``image``, ``split`` and ``label``
+    (string or null) and nothing else."""
+    fields = {"id": str, "image": str, "label": (str, type(None)), "split": str}
+    if not (isinstance(item, dict) and set(item) == set(fields)
+            and all(isinstance(item[k], kind) for k, kind in fields.items())):
+        raise DasgenError(f"{path}: entry {number} is not a source pair record (an object of {', '.join(fields)}); "
+                          f"{remedy}")
+    return Entry(**item)
 
 
 def parse_domain_range(text: str, total: int) -> list[int]:

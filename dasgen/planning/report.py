@@ -4,7 +4,6 @@ and (when measured) the CPU time estimate."""
 from __future__ import annotations
 
 import io
-import json
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +15,7 @@ from dasgen.planning.gpu import estimate_gpu, render_gpu
 from dasgen.planning.memory import estimate_memory, parameter_counts, render_memory
 from dasgen.planning.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
 from dasgen.pipeline.workspace import Workspace
+from dasgen.pipeline.common import load_source_pairs
 
 
 def plan_report(config: Config, ws: Workspace, *, source_images: int | None = None, gpus: int = 1,
@@ -32,7 +32,7 @@ def plan_report(config: Config, ws: Workspace, *, source_images: int | None = No
         warnings.append(f"pricing {source_images:,} source images (--source-images) with an assumed {classes:g} "
                         "classes per image; without --source-images a scanned source (`dasgen scan`) gives both")
     elif ws.source_pairs.is_file():
-        record = json.loads(ws.source_pairs.read_text())
+        _, record = load_source_pairs(ws)  # checked: a damaged record is one line
         source_images = len(record["entries"])
         classes = record.get("mean_classes_per_image") or classes
         measured = True

@@ -38,7 +38,7 @@ from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
 from dasgen.datasets.registry import open_dataset
-from dasgen.diffusion.unet import WEIGHTS_NAME, load_denoiser, make_eps_fn
+from dasgen.diffusion.unet import WEIGHTS_NAME, load_denoiser, make_eps_fn, verify_denoiser_checksum
 from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.errors import DasgenError
 from dasgen.guidance.sampler import translate
@@ -140,8 +140,14 @@ def prepare_ddpm(spec: AblationSpec, ws: Workspace, *, ddpm: Path | None, consol
         if not given.is_file():
             raise DasgenError(f"--ddpm {ddpm}: no {WEIGHTS_NAME} there (a diffusers UNet2DModel)")
         wanted = {"copied_from_sha256": sha256_file(given)}
-        if recorded != wanted:
+        if Path(ddpm).resolve() == ws.diffusion_model.resolve():  # the shared DDPM itself (e.g. through a link)
+            verify_denoiser_checksum(ws.diffusion_model, required=True)
+            if recorded != wanted:
+                write_json(marker, wanted)
+        elif recorded != wanted:
             console.print(f"ablation: using the DDPM in {ddpm}")
+            # checked before the shared one is removed: a DDPM that cannot be loaded costs nothing
+            load_denoiser(Path(ddpm), device="cpu")
             shutil.rmtree(ws.diffusion_model, ignore_errors=True)
             run_train_diffusion(params(spec, {**spec.common, "diffusion.pretrained": str(Path(ddpm).resolve())}),
                                 ws, progress=False, console=console)

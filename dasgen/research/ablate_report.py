@@ -15,6 +15,7 @@ import os
 import statistics
 from pathlib import Path
 
+from dasgen.errors import DasgenError
 from dasgen.research.ablate_spec import (AblationSpec, Variant, params, reference_fingerprint, seed_config,
                                          variant_config)
 from dasgen.pipeline.common import write_json
@@ -164,8 +165,27 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _runs_reported(path: Path) -> int:
+    """How many runs the report at ``path`` (``ablation.json``) holds; 0 when there is none or it is unreadable."""
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8")).get("runs")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return len(runs) if isinstance(runs, list) else 0
+
+
 def write_reports(spec: AblationSpec, report: dict) -> dict[str, Path]:
-    """``ablation.csv`` (one row per seed x row), ``ablation.json`` (everything) and ``ablation.md`` in results."""
+    """``ablation.csv`` (one row per seed x row), ``ablation.json`` (everything) and ``ablation.md`` in results.
+
+    A report of no finished run never replaces one with rows (a fresh clone holds the committed reports but not the
+    work tree they were made from): DasgenError, nothing written.
+    """
+    earlier = _runs_reported(spec.results / "ablation.json")
+    if not report["runs"] and earlier:
+        stale = f" ({len(report['stale_runs'])} made with other params)" if report.get("stale_runs") else ""
+        raise DasgenError(f"{spec.results / 'ablation.json'}: holds {earlier} finished run{'s' * (earlier != 1)}; "
+                          f"refusing to replace it by a report of no finished run ({spec.out} holds none of this "
+                          f"spec's{stale}); run `dasgen ablate --spec {spec.path}` to make them")
     spec.results.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")

@@ -132,6 +132,9 @@ def load_spec(path: str | Path) -> AblationSpec:
         results=here / str(data.get("results", "docs/results")), seeds=list(seeds), common=dict(common),
         match_finetune_budget=budget, oracle_toy_seed=toy_seed, reference=reference, variants=variants,
         sha256=_spec_sha256(path, parent), base_data=_read_base(here / str(data["base"])))
+    for key, folder in (("out", spec.out), ("results", spec.results)):
+        if folder.exists() and not folder.is_dir():  # found now, not when the reports are written after the runs
+            raise ConfigError(f"{where}.{key}: {folder} exists and is not a directory; name a folder")
     base = seed_config(spec, spec.seeds[0])
     if base.toy.n_source < 1:
         raise ConfigError(f"{where}: set: toy.n_source must be >= 1")

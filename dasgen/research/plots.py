@@ -8,7 +8,6 @@ dependencies: the charts are simple (lines with markers, bars with whiskers), no
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from dasgen.errors import DasgenError
+from dasgen.io.state import read_state
 from dasgen.research.sheet import save_png
 
 CHART_SIZE = (760, 420)  # px
@@ -88,17 +88,31 @@ def read_ptl_csv(path: Path) -> list[dict]:
     """Rows of ``metrics/ptl.csv`` (domain, t, consistency, target_miou; empty cells -> None)."""
     if not path.is_file():
         raise DasgenError(f"{path}: not found (run `dasgen summarize` first)")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DasgenError(f"{path}: not a readable CSV file ({error})") from None
     needed = {"domain", "t", "consistency", "target_miou"}
     if not rows or not needed <= set(rows[0]):
         raise DasgenError(f"{path}: expected a header with {', '.join(sorted(needed))} and at least one row")
 
-    def number(text: str) -> float | None:
-        return float(text) if text not in ("", None) else None
+    def cell(line: int, row: dict, key: str, kind: type, optional: bool) -> float | int | None:
+        text = row[key]
+        if optional and text in ("", None):
+            return None
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)):
+            raise DasgenError(f"{path}: line {line}: {key} {str(text)[:40]!r} is not a{' finite' * (kind is float)} "
+                              f"{'number' if kind is float else 'whole number'}")
+        return value
 
-    return [{"domain": int(r["domain"]), "t": int(r["t"]), "consistency": number(r["consistency"]),
-             "target_miou": number(r["target_miou"])} for r in rows]
+    return [{"domain": cell(line, r, "domain", int, False), "t": cell(line, r, "t", int, False),
+             "consistency": cell(line, r, "consistency", float, True),
+             "target_miou": cell(line, r, "target_miou", float, True)} for line, r in enumerate(rows, start=2)]
 
 
 def plot_ptl(csv_path: Path, out: Path) -> dict:
@@ -154,10 +168,20 @@ def plot_ablation(json_path: Path, out: Path) -> dict:
     paper's values marked), and ``<out stem>-curves.png``, g_n's target mIoU against n for the runs with the most
     domains (mean over seeds; n = 0 is g_0)."""
     path = Path(json_path)
-    if not path.is_file():
-        raise DasgenError(f"{path}: not found (run `dasgen ablate` first)")
-    report = json.loads(path.read_text())
-    summary = [s for s in report["summary"] if s["target_miou"] is not None]
+    expected = "plot --ablation reads the ablation.json `dasgen ablate` writes"
+    report = read_state(path, keys={"summary": list, "runs": list}, remedy=expected)
+    rows = report["summary"]
+    fields = {"label": str, "target_miou": (int, float, type(None)), "target_miou_std": (int, float, type(None)),
+              "paper_miou": (int, float, type(None))}
+    for number, row in enumerate(rows, start=1):
+        if not (isinstance(row, dict) and all(isinstance(row.get(k, ...), kind) for k, kind in fields.items())):
+            raise DasgenError(f"{path}: summary row {number} is not an ablation row (label, target_miou, "
+                              f"target_miou_std, paper_miou); {expected}")
+    try:  # before anything is written
+        curves = _mean_curves(report["runs"])
+    except (KeyError, TypeError, AttributeError):
+        raise DasgenError(f"{path}: its runs are not ablation runs (seed, variant, label, curve); {expected}") from None
+    summary = [s for s in rows if s["target_miou"] is not None]
     chart = bar_chart([s["label"] for s in summary], [100 * s["target_miou"] for s in summary],
                       [None if s["target_miou_std"] is None else 100 * s["target_miou_std"] for s in summary],
                       paper=[s["paper_miou"] for s in summary],
@@ -166,7 +190,6 @@ def plot_ablation(json_path: Path, out: Path) -> dict:
     out = Path(out)
     save_png(chart, out)
     result = {"path": str(out), "rows": len(summary), "size": list(chart.size)}
-    curves = _mean_curves(report.get("runs", []))
     if curves:
         steps = sorted({n for curve in curves.values() for n in curve})
         chart = line_chart(steps, {label: [curve.get(n) for n in steps] for label, curve in curves.items()},

@@ -106,6 +106,13 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     classes = sidecar["num_classes"]
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise CheckpointError(f"{side}: num_classes must be a positive integer, got {str(classes)[:40]!r}")
+    width, size = sidecar.get("width"), sidecar.get("input_size")  # a hand-edited sidecar: one line, not a torch error
+    if width is not None and (type(width) is not int or width < 1):
+        raise CheckpointError(f"{side}: width must be a positive integer, got {repr(width)[:40]}")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(type(v) is int and v >= 8 for v in size)):
+        raise CheckpointError(f"{side}: input_size must be [height, width] with sides >= 8 (as in params), or null; "
+                              f"got {repr(size)[:40]}")
     if not isinstance(sidecar.get("weights_sha256"), str):
         raise CheckpointError(f"{side}: no weights_sha256 recorded, so the weights cannot be checked; re-save the "
                               "checkpoint with dasgen (save_segmenter) or rerun the stage that wrote it")

@@ -10,6 +10,7 @@ from dasgen.config import Config
 from dasgen.datasets.pairs import resize_label
 from dasgen.errors import DasgenError
 from dasgen.pipeline.common import load_source_pairs, source_reader
+from dasgen.pipeline.protected import protected_paths
 from dasgen.pipeline.workspace import Workspace
 from dasgen.export.run import export_domain
 
@@ -58,16 +59,3 @@ def source_is_toy(config: Config, ws: Workspace) -> bool:
     source, toy = (ws.root / config.data.source.root).resolve(), (ws.root / config.toy.out).resolve()
     return source == toy or toy in source.parents
 
-
-def protected_paths(config: Config, ws: Workspace) -> dict[Path, str]:
-    """What an export may never be written into, over or around: the datasets it reads and the pipeline's artifacts."""
-    return {
-        ws.root / config.data.source.root: "the source dataset (data.source.root)",
-        ws.root / config.data.target.root: "the target dataset (data.target.root)",
-        ws.root / config.toy.out: "the toy datasets (toy.out)",
-        ws.source_pairs: "the source scan (data/source_pairs.json)",
-        ws.diffusion_dir: "the target DDPM (data/diffusion)",
-        ws.g0_dir: "the source segmenter g_0 (data/g0)",
-        ws.domain_dir(1, config.ptl.N).parent: "the PTL domains (data/domains)",
-        ws.metrics: "the pipeline's metrics (metrics/)",
-    }

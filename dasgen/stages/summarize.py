@@ -17,10 +17,12 @@ CURVE_COLUMNS = ("domain", "t", "consistency", "target_miou")
 def run_summary(config: Config, ws: Workspace) -> dict:
     """Writes ``metrics/ptl.csv`` (one row per domain, g_0 as domain 0) and ``metrics/summary.json``."""
     rows = []
-    g0 = read_json(ws.metrics / "g0.json")
+    g0 = read_json(ws.metrics / "g0.json", remedy="rerun `dasgen train-g0` to rewrite it")
     rows.append({"domain": 0, "t": 0, "consistency": None, "target_miou": g0.get("target_miou")})
     for n in range(1, config.ptl.N + 1):
-        m = read_json(ws.domain_metrics(n, config.ptl.N))
+        m = read_json(ws.domain_metrics(n, config.ptl.N), remedy=f"run `dasgen translate --domain {n}` to (re)write "
+                      "it (if `dvc repro` skipped that domain, dvc.yaml is older than params.yaml: run `dasgen "
+                      "pipeline --write`)")
         rows.append({key: m.get(key) for key in CURVE_COLUMNS})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, lineterminator="\n")

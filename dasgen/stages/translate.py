@@ -17,7 +17,7 @@ translates every usable source image -- the dataset users export. The stage is r
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -49,6 +49,7 @@ from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
+from dasgen.io.state import read_state
 from dasgen.artifact.writer import DomainWriter, ImageRecord
 from dasgen.artifact.journal import JOURNAL_DIR
 from dasgen.artifact.schema import CHECKSUMS_FILE, STAGING_DIR
@@ -123,7 +124,9 @@ def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: 
     # Every rank decides from the same state: without the two barriers a rank that reads the marker after rank 0 has
     # written it below would skip rank 0's barrier, and the ranks' barriers would pair up wrongly (a hang).
     ctx.barrier()
-    same_run = marker.is_file() and json.loads(marker.read_text()) == fingerprint
+    same_run = marker.is_file() and read_state(
+        marker, remedy=f"it records what {out.name} was made from; remove {out} to translate the domain afresh"
+    ) == fingerprint
     # complete = finalize ran to its end: its files exist and its clean-up left no journal, staging or trash
     complete = same_run and (
         all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json", CHECKSUMS_FILE))
@@ -132,11 +135,20 @@ def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: 
     if same_run:
         return complete
     if ctx.is_main:
-        if out.exists():
-            console.print(f"[yellow]{out}: made with other params or inputs; starting this domain afresh[/]")
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        write_json(marker, fingerprint)
+        # A link (data/domains/003 -> a bigger disk) is used when it leads to an empty folder, never cleared:
+        # rmtree refuses links, and emptying what one points to could empty a folder dasgen did not make.
+        if out.is_symlink() and not (out.is_dir() and not any(out.iterdir())):
+            raise DasgenError(f"{out}: a symbolic link (to {os.readlink(out)}) holding a run made with other params "
+                              "or inputs (or leading nowhere); dasgen never clears a directory through a link: "
+                              "empty what it points to, or remove the link, and rerun")
+        try:
+            if out.exists() and not out.is_symlink():
+                console.print(f"[yellow]{out}: made with other params or inputs; starting this domain afresh[/]")
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=out.is_symlink())
+            write_json(marker, fingerprint)
+        except OSError as error:  # a read-only workspace: one line, not a traceback
+            raise DasgenError(f"cannot write {error.filename or out}: {error.strerror or error}") from None
     ctx.barrier()
     return False
 
@@ -249,15 +261,21 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     plan = plan_domain(config, n, [e.id for e in entries])
     out = ws.domain_dir(n, config.ptl.N)
     fingerprint = domain_fingerprint(config, n, ws)
-    verify_denoiser_checksum(ws.diffusion_model, required=True)  # before anything is written or cleared
+    # Every input is checked before anything is written or cleared: a damaged g_{n-1} changes the fingerprint, and
+    # found only when loaded it would first have cost the finished domain n.
+    verify_denoiser_checksum(ws.diffusion_model, required=True)
+    load_segmenter(ws.segmenter_path(n - 1, config.ptl.N), expect_arch=config.segmenter.arch,
+                   expect_classes=NUM_TRAIN_CLASSES)
+    reader = source_reader(config, ws.root)
     if _prepare_directory(out, fingerprint, ctx, console):
         console.print(f"domain {n}: already complete, nothing to do")
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = read_state(out / "metrics.json", remedy=f"`dasgen verify {out}` lists the damage; remove {out} "
+                             "to translate the domain afresh")
         if ctx.is_main and not ws.domain_metrics(n, config.ptl.N).is_file():  # killed just before writing it
             write_json(ws.domain_metrics(n, config.ptl.N),
                        {k: v for k, v in metrics.items() if k != "target_per_class"})
         return metrics
-    store = PairStore(source_reader(config, ws.root), entries, config.data.resolution)
+    store = PairStore(reader, entries, config.data.resolution)
     writer = DomainWriter(out, image_format=config.ptl.image_format, rank=ctx.rank, world_size=ctx.world_size)
     written = translate_images(config, ws, plan, store, writer, ctx, device, console, progress)
     writer.close()

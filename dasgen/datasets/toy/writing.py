@@ -1,9 +1,11 @@
 """Writing the toy datasets: the source in GTA5 layout and the target in Cityscapes layout, atomically, with
-stale generator-owned files pruned and everything else left alone."""
+stale generator-owned files pruned and everything else left alone -- and only into a directory that is new, empty
+or an earlier toy's (a GTA5 tree uses the very file names the toy writes)."""
 
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -13,13 +15,39 @@ from PIL import Image
 
 from dasgen.errors import DasgenError
 from dasgen.labels import color_palette, id_to_color, id_to_train_id
-from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, is_temp_name
+from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, is_temp_name
 from dasgen.datasets.toy.look import _check_geometry, _sample, appearance
 from dasgen.datasets.toy.scene import CITY, TOY_CLASSES, TOY_FORMAT_VERSION, TOY_LABEL_IDS
 
 # ----------------------------------------------------------------------------------------------------------------
 # Writing the two datasets
 # ----------------------------------------------------------------------------------------------------------------
+SUMMARY_FILE = "toy.json"  # written last: a directory holding it is a finished toy
+IN_PROGRESS_FILE = ".dasgen-toy-incomplete"  # written first, removed last: a directory holding it is an unfinished toy
+
+
+def _is_toy(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a toy of this generator: its summary, or the marker of an interrupted run."""
+    if (out_dir / IN_PROGRESS_FILE).is_file():
+        return True
+    try:
+        summary = json.loads((out_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "format_version" in summary and "label_ids" in summary
+
+
+def _claim(out_dir: Path) -> None:
+    """Mark ``out_dir`` as a toy being written, or refuse with one line: a non-empty directory that holds no toy may
+    be a user's dataset, whose ``00001.png`` ... the generator would overwrite and prune."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DasgenError(f"refusing to write the toy datasets into {out_dir}: it exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_toy(out_dir):
+        raise DasgenError(f"refusing to write the toy datasets into {out_dir}: it is not empty and holds no dasgen "
+                          f"toy (no {SUMMARY_FILE}), so it may hold data of yours; choose an empty or new --out")
+    atomic_write_text(out_dir / IN_PROGRESS_FILE, "unfinished dasgen toy: rerun `dasgen toy` to finish it\n")
+
+
 def _png(image: Image.Image) -> bytes:
     """PNG bytes with no metadata (so the same pixels give the same bytes)."""
     buffer = io.BytesIO()
@@ -90,7 +118,8 @@ def generate_toy(
     have ``gtFine/val/toytown/..._gtFine_{labelIds,labelTrainIds,color}.png``, the train images no labels (they
     are the diffusion model's unlabelled training set). Deterministic: the same arguments give the same bytes, and a
     rerun over an existing directory rewrites it to exactly that (files of other counts are removed).
-    ``out_dir/toy.json`` holds the summary, written last. ``rendering_gap`` and ``colour_swap`` set the target's look
+    ``out_dir/toy.json`` holds the summary, written last; ``out_dir`` must be new, empty or an earlier toy's (else
+    DasgenError, nothing written). ``rendering_gap`` and ``colour_swap`` set the target's look
     (``appearance``); ``thin_object_scale`` widens the poles, signs and persons of both domains (``make_scene``).
     """
     for name, count in (("n_source", n_source), ("n_target_train", n_target_train), ("n_target_val", n_target_val)):
@@ -101,6 +130,7 @@ def generate_toy(
     _check_geometry(height, width, thin_object_scale)
     source_look, target_look = appearance(rendering_gap, colour_swap)
     out_dir = Path(out_dir)
+    _claim(out_dir)
     written: set[Path] = set()
     src = out_dir / "source"
     for i in _progress(range(n_source), progress, "toy source"):
@@ -144,5 +174,6 @@ def generate_toy(
         "source": {"kind": "gta5", "root": "source"},
         "target": {"kind": "cityscapes", "root": "target", "city": CITY, "labelled_splits": ["val"]},
     }
-    atomic_write_json(out_dir / "toy.json", summary)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    (out_dir / IN_PROGRESS_FILE).unlink()
     return summary

@@ -243,3 +243,25 @@ def test_run_toy_overrides_counts_and_keeps_the_params_look(tmp_path: Path) -> N
     _, label = toy_sample("target", "val", 1, seed=7, colour_swap=False, thin_object_scale=2.0)
     written = tmp_path / "oracle" / "target" / "gtFine" / "val" / CITY / f"{CITY}_000000_000001_gtFine_labelIds.png"
     np.testing.assert_array_equal(np.asarray(Image.open(written)), label)
+
+
+def test_writes_only_into_a_new_empty_or_earlier_toy_directory(tmp_path: Path) -> None:
+    foreign = tmp_path / "mine"
+    (foreign / "notes.txt").parent.mkdir()
+    (foreign / "notes.txt").write_bytes(b"a user's notes")
+    with pytest.raises(DasgenError, match=r"mine: it is not empty and holds no dasgen toy \(no toy.json\)"):
+        generate_toy(foreign, seed=0, **SMALL)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(DasgenError, match="exists and is not a directory"):
+        generate_toy(tmp_path / "file", seed=0, **SMALL)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    generate_toy(empty, seed=0, **SMALL)
+    assert not (empty / ".dasgen-toy-incomplete").exists()
+    (empty / "toy.json").unlink()  # as if killed before its summary: the marker says the folder is ours
+    (empty / ".dasgen-toy-incomplete").write_text("unfinished")
+    generate_toy(empty, seed=0, **SMALL)
+    generate_toy(tmp_path / "fresh", seed=0, **SMALL)
+    assert tree(empty) == tree(tmp_path / "fresh")

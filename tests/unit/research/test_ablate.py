@@ -15,7 +15,7 @@ from dasgen.errors import ConfigError, DasgenError
 from dasgen.research import ablate
 from dasgen.pipeline.workspace import Workspace
 from dasgen.research.ablate import load_spec, run_ablation, variant_config
-from dasgen.research.ablate_report import load_roundtrip, roundtrip_path
+from dasgen.research.ablate_report import build_report, load_roundtrip, roundtrip_path
 
 SPEC = {
     "base": "params.yaml",
@@ -157,7 +157,12 @@ def test_one_seed_two_variants_report_and_resume(tmp_path, tiny_workspace, monke
     assert sorted(kept["stale_runs"]) == ["seed-0/full", "seed-0/lower-t", "seed-0/wo-ptl"]
     # ... and a change of g_0's recipe makes them stale too
     resegmented = load_spec(write_spec(tmp_path, set={**SPEC.get("set", {}), "segmenter.width": 12}))
-    assert run_ablation(resegmented, report_only=True)["runs"] == []
+    assert build_report(resegmented, command="", wall_s=0)["runs"] == []
+    # ... and a report of no run never replaces the one with rows
+    with pytest.raises(DasgenError, match=r"ablation.json: holds 2 finished runs; refusing to replace it"):
+        run_ablation(resegmented, report_only=True)
+    assert [r["variant"] for r in json.loads((tmp_path / "results" / "ablation.json").read_text())["runs"]] == [
+        "source-only", "oracle"]
 
 
 def test_cli_ablate_selects_and_reports(tmp_path):
