@@ -5,14 +5,12 @@ docs/bad-inputs.md names these tests."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from dasgen.cli import app
-from dasgen.pipeline.workspace import Workspace
 from test_bad_inputs import error_line, invoke
 from test_crash_safety import tree_bytes
 from test_data_loss import _write_spec, finished, two_domains  # noqa: F401 (fixtures: domains 1 and 2 finished)

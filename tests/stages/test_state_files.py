@@ -5,7 +5,6 @@ already written lost. The table in docs/bad-inputs.md names these tests."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
