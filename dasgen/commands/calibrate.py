@@ -36,14 +36,13 @@ import torch
 from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
-from dasgen.diffusion.unet import load_denoiser, make_eps_fn
 from dasgen.errors import DasgenError
-from dasgen.guidance.sampler import autocast_denoiser, translate
+from dasgen.guidance.sampler import translate
 from dasgen.guidance.sgg import GuidedStep
 from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader
-from dasgen.pipeline.guided import domain_guidance
+from dasgen.pipeline.guided import domain_denoiser, domain_guidance
 from dasgen.pipeline.workspace import Workspace
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
@@ -139,9 +138,7 @@ def run_calibrate(config: Config, ws: Workspace, *, images: int = 8, domain: int
     judge = load_segmenter(judge_path, device=device, expect_arch=config.segmenter.arch,
                            expect_classes=NUM_TRAIN_CLASSES)
     judge.eval().requires_grad_(False)
-    eps_fn = make_eps_fn(load_denoiser(ws.diffusion_model, device=device, require_checksum=True))
-    if config.ptl.unet_bf16:
-        eps_fn = autocast_denoiser(eps_fn, torch.bfloat16)
+    eps_fn = domain_denoiser(config, ws.diffusion_model, device)
     chain = domain_chain(config, n)
     if len(chain) < 2:
         raise DasgenError(f"--domain {n}: its chain has no reverse step that adds noise (t_n = "

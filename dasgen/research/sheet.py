@@ -24,14 +24,13 @@ from PIL import Image, ImageDraw, ImageFont
 from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
-from dasgen.diffusion.unet import load_denoiser, make_eps_fn
 from dasgen.errors import DasgenError
 from dasgen.guidance.sampler import translate
 from dasgen.labels import IGNORE_INDEX, NUM_TRAIN_CLASSES, train_id_to_color
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
-from dasgen.pipeline.guided import domain_guidance
+from dasgen.pipeline.guided import domain_denoiser, domain_guidance
 from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader
 from dasgen.stages.translate import image_consistency
 from dasgen.pipeline.workspace import Workspace
@@ -196,7 +195,7 @@ def guidance_sheet(config: Config, ws: Workspace, out: Path, *, count: int = 4, 
     g_prev = load_segmenter(ws.segmenter_path(N - 1, N), device=device, expect_arch=config.segmenter.arch,
                             expect_classes=NUM_TRAIN_CLASSES)
     g_prev.eval().requires_grad_(False)
-    eps_fn = make_eps_fn(load_denoiser(ws.diffusion_model, device=device))
+    eps_fn = domain_denoiser(config, ws.diffusion_model, device)
     chain = domain_chain(config, N)
     x0, labels = store.batch(chosen)
     columns = [*GUIDANCE_COLUMNS, (config.sgg.arrangement, f"SGG ({config.sgg.arrangement})")]

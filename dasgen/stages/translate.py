@@ -32,10 +32,10 @@ import dasgen
 from dasgen.config import Config
 from dasgen.datasets.io import to_model_tensor, to_uint8
 from dasgen.datasets.pairs import PairStore
-from dasgen.diffusion.unet import WEIGHTS_NAME, load_denoiser, make_eps_fn, verify_denoiser_checksum
+from dasgen.diffusion.unet import WEIGHTS_NAME, verify_denoiser_checksum
 from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.errors import CheckpointError, DasgenError
-from dasgen.guidance.sampler import autocast_denoiser, translate
+from dasgen.guidance.sampler import translate
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
@@ -44,7 +44,7 @@ from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
-from dasgen.pipeline.guided import domain_guidance
+from dasgen.pipeline.guided import domain_denoiser, domain_guidance
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
@@ -161,10 +161,7 @@ def _progress(console: Console, enabled: bool) -> Progress:
 def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
                      ctx: DistContext, device: torch.device, console: Console, progress: bool) -> int:
     """Translate this rank's pending batches of ``plan.ids`` into ``writer``; returns the number of images written."""
-    unet = load_denoiser(ws.diffusion_model, device=device, require_checksum=True)
-    eps_fn = make_eps_fn(unet)
-    if config.ptl.unet_bf16:  # deviation, off by default: eps_theta under bf16 autocast
-        eps_fn = autocast_denoiser(eps_fn, torch.bfloat16)
+    eps_fn = domain_denoiser(config, ws.diffusion_model, device)
     g_prev = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
                             expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     g_prev.eval().requires_grad_(False)
