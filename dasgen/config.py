@@ -407,6 +407,9 @@ def _cross_checks(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: segmenter.weights: imagenet: arch {config.segmenter.arch!r} has no published "
                           "ImageNet weights (the paper nets, torchvision and SegFormer archs do); give a local "
                           ".safetensors file or null")
+    if config.segmenter.batchnorm == "frozen" and config.segmenter.weights is None:
+        raise ConfigError(f"{source}: segmenter.batchnorm: frozen needs pretrained BatchNorm statistics, but "
+                          "segmenter.weights is null (random weights); set segmenter.weights or batchnorm: train")
     if config.segmenter.input_size is not None and len(config.segmenter.input_size) != 2:
         raise ConfigError(f"{source}: segmenter.input_size: expected [height, width] or null")
     if config.segmenter.input_size is not None and min(config.segmenter.input_size) < 8:  # as data.resolution

@@ -54,7 +54,10 @@ TARGET_CHAIN = 0.36  # where a working module sits: the toy's capped LCG
 
 
 def verdict(chain_over_noise: float) -> str:
-    """``inert`` / ``ok`` / ``explosive`` for a module's applied ``chain_over_noise`` (thresholds above)."""
+    """``inert`` / ``ok`` / ``explosive`` for a module's applied ``chain_over_noise`` (thresholds above); a
+    non-finite step (a blown-up chain) is explosive."""
+    if not math.isfinite(chain_over_noise):
+        return "explosive"
     if chain_over_noise < INERT_BELOW:
         return "inert"
     if chain_over_noise > EXPLOSIVE_ABOVE:
@@ -80,49 +83,58 @@ def label_consistency(preds: torch.Tensor, labels: torch.Tensor, protocol_classe
 
 
 class StepRecorder:
-    """The guidance observer: per module, one row per guided reverse step that adds noise. ``chain_noise`` is the
-    std of the noise the whole chain injects, sqrt(sum of beta_t over its steps that add noise)."""
+    """The guidance observer. Per module and guided reverse step that adds noise, it adds up over the images (and
+    over the batches the images are translated in) the step's RMS before and after the cap, in units of that step's
+    noise std, and the pixels the cap clipped. ``chain_noise`` is the std of the noise the whole chain injects,
+    sqrt(sum of beta_t over its steps that add noise)."""
 
     def __init__(self, max_step: float | None, chain_noise: float) -> None:
         self.max_step = max_step
         self.chain_noise = chain_noise
-        self.rows: dict[str, list[dict]] = {"lcg": [], "gsg": []}
+        self.steps: dict[tuple[str, int], dict] = {}  # (module, reverse step) -> sums over images
 
     def __call__(self, step: GuidedStep) -> None:
         if step.position == 0:  # the last step adds no noise: no sqrt(beta_t) to compare with
             return
         noise_std = float(step.beta.flatten()[0]) ** 0.5
-        rms_raw = step.raw.pow(2).mean(dim=(1, 2, 3)).sqrt()  # (B,)
-        rms_applied = step.applied.pow(2).mean(dim=(1, 2, 3)).sqrt()  # (B,)
-        clipped = float((step.raw.abs() > self.max_step).float().mean()) if self.max_step is not None else 0.0
-        self.rows[step.module].append({"index": step.index, "position": step.position, "noise_std": noise_std,
-                                       "raw": float(rms_raw.mean()) / noise_std,
-                                       "applied": float(rms_applied.mean()) / noise_std, "clipped": clipped})
+        sums = self.steps.setdefault((step.module, step.index), {"noise_std": noise_std, "images": 0, "raw": 0.0,
+                                                                 "applied": 0.0, "clipped": 0.0, "pixels": 0})
+        sums["images"] += step.raw.shape[0]
+        sums["raw"] += float(step.raw.pow(2).mean(dim=(1, 2, 3)).sqrt().sum()) / noise_std
+        sums["applied"] += float(step.applied.pow(2).mean(dim=(1, 2, 3)).sqrt().sum()) / noise_std
+        if self.max_step is not None:
+            sums["clipped"] += float((step.raw.abs() > self.max_step).sum())
+        sums["pixels"] += step.raw.numel()
 
     def summary(self, lambda_: float) -> dict:
+        """Per module: per-step shares (mean over images; mean / min / max over steps), the chain measure, the share
+        clipped, the verdict and the suggested lambda."""
         modules = {}
-        for module, rows in self.rows.items():
-            if not rows:
+        for module in ("lcg", "gsg"):
+            steps = [v for (m, _), v in sorted(self.steps.items()) if m == module]
+            if not steps:
                 continue
-            applied, raw = [r["applied"] for r in rows], [r["raw"] for r in rows]
-            chain = sum(r["applied"] * r["noise_std"] for r in rows) / self.chain_noise
-            raw_chain = sum(r["raw"] * r["noise_std"] for r in rows) / self.chain_noise
+            applied = [v["applied"] / v["images"] for v in steps]  # per step, mean over the images
+            raw = [v["raw"] / v["images"] for v in steps]
+            chain = sum(a * v["noise_std"] for a, v in zip(applied, steps)) / self.chain_noise
+            raw_chain = sum(r * v["noise_std"] for r, v in zip(raw, steps)) / self.chain_noise
             modules[module] = {
-                "steps": len(rows),
+                "steps": len(steps),
                 "step_over_noise": {"mean": statistics.mean(applied), "min": min(applied), "max": max(applied)},
                 "raw_step_over_noise": {"mean": statistics.mean(raw), "min": min(raw), "max": max(raw)},
                 "chain_over_noise": chain,
                 "raw_chain_over_noise": raw_chain,
-                "clipped_share": statistics.mean(r["clipped"] for r in rows),
+                "clipped_share": sum(v["clipped"] for v in steps) / sum(v["pixels"] for v in steps),
                 "verdict": verdict(chain),
-                "suggested_lambda": lambda_ * TARGET_CHAIN / raw_chain if raw_chain > 0 else math.inf,
+                # None (JSON null) when the module's gradient vanished: no lambda reaches the target
+                "suggested_lambda": lambda_ * TARGET_CHAIN / raw_chain if 0 < raw_chain < math.inf else None,
             }
         return modules
 
 
 def run_calibrate(config: Config, ws: Workspace, *, images: int = 8, domain: int | None = None) -> dict:
     """Run domain ``domain``'s guided chain (default the last, N) on ``images`` source images and measure the step."""
-    n = domain or config.ptl.N
+    n = config.ptl.N if domain is None else domain
     if not 1 <= n <= config.ptl.N:
         raise DasgenError(f"--domain {n}: must be between 1 and ptl.N = {config.ptl.N}")
     if images < 1:
@@ -148,12 +160,21 @@ def run_calibrate(config: Config, ws: Workspace, *, images: int = 8, domain: int
     x0, labels = store.batch(ids)
     x0, labels = x0.to(device), labels.to(device)
     consistency = {}
-    for name, guide in (("guided", guidance.for_labels(labels)), ("unguided", None)):
-        generators = [image_generator(config.run.seed, n, i) for i in ids]  # the domain stage's noise
-        out = translate(x0, denoiser=eps_fn, schedule=chain, generators=generators, guide=guide)
-        with torch.inference_mode():
-            quantised = torch.stack([to_model_tensor(to_uint8(img)) for img in out]).to(device)
-            consistency[name] = label_consistency(judge(quantised).argmax(1).cpu(), labels.cpu())
+    size = config.ptl.translate_batch_size  # the domain stage's batches: what fits its memory fits here
+    for name in ("guided", "unguided"):
+        preds = []
+        for start in range(0, len(ids), size):
+            batch = slice(start, start + size)
+            generators = [image_generator(config.run.seed, n, i) for i in ids[batch]]  # the domain stage's noise
+            guide = guidance.for_labels(labels[batch]) if name == "guided" else None
+            out = translate(x0[batch], denoiser=eps_fn, schedule=chain, generators=generators, guide=guide)
+            if not torch.isfinite(out).all():
+                raise DasgenError(f"domain {n}: the {name} chain produced non-finite pixels (a damaged DDPM or "
+                                  "segmenter, or a guidance scale far too large)")
+            with torch.inference_mode():
+                quantised = torch.stack([to_model_tensor(to_uint8(img)) for img in out]).to(device)
+                preds.append(judge(quantised).argmax(1).cpu())
+        consistency[name] = label_consistency(torch.cat(preds), labels.cpu())
     return {
         "domain": n,
         "t": domain_noise_levels(config.ptl)[n - 1],
@@ -186,7 +207,7 @@ def render_calibration(result: dict) -> list[str]:
                      f"{s['max']:.3g}); over the chain / its noise {m['chain_over_noise']:.3g} (uncapped "
                      f"{m['raw_chain_over_noise']:.3g}); {100 * m['clipped_share']:.2f} % of pixels capped -> "
                      f"{m['verdict'].upper()}; lambda for {result['thresholds']['target']:g}: "
-                     f"{m['suggested_lambda']:.3g}")
+                     f"{'-' if m['suggested_lambda'] is None else format(m['suggested_lambda'], '.3g')}")
     c = result["consistency"]
     lines.append(f"  label consistency (judge mIoU vs source labels): guided {c['guided']:.3f}, unguided "
                  f"{c['unguided']:.3f} ({c['gain']:+.3f})")

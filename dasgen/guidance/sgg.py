@@ -216,6 +216,7 @@ class Guidance:
         """The sampler's guidance function for a batch whose source labels are ``labels`` (B, H, W) trainIds."""
         labels = labels.to(torch.int64)
         regions = class_regions(labels) if LCG in self.plan else None  # once: labels do not change
+        on_device: dict[torch.device, tuple] = {}  # labels and regions moved to the images' device once
 
         def guide(step: ReverseStep) -> torch.Tensor | None:
             if len(self.plan) != len(step.schedule):
@@ -227,11 +228,13 @@ class Guidance:
             if labels.shape != (step.x.shape[0], *step.x.shape[-2:]):
                 raise ValueError(f"guidance needs labels of shape {(step.x.shape[0], *step.x.shape[-2:])}, got "
                                  f"{tuple(labels.shape)}")
-            batch_labels = labels.to(step.x.device)
+            if step.x.device not in on_device:
+                on_device[step.x.device] = (labels.to(step.x.device), None if regions is None else ClassRegions(
+                    regions.image_index.to(step.x.device), regions.class_id.to(step.x.device)))
+            batch_labels, batch_regions = on_device[step.x.device]
             seen = step.x if self.gradient_at == "x_t" else \
                 step.schedule.predict_x0(step.x, step.position, step.eps).clamp(-1.0, 1.0)
             if module == LCG:  # Eqs. 6-9
-                batch_regions = ClassRegions(regions.image_index.to(step.x.device), regions.class_id.to(step.x.device))
                 grad = lcg_gradient(self.segmenter, seen, batch_labels, regions=batch_regions,
                                     max_copies_per_pass=self.max_copies_per_pass, memory_format=step.memory_format,
                                     reduction=self.reduction)

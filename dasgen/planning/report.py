@@ -59,6 +59,15 @@ def plan_report(config: Config, ws: Workspace, *, source_images: int | None = No
 # The reading of the guidance loss's reduction adopted as the paper's: Eq. 7 does not say how the cross-entropy is
 # reduced over pixels; docs/guidance.md measures the step under each reading and says why this one.
 PAPER_LOSS_REDUCTION = "mean"
+PAPER_SEGMENTERS = ("deeplabv2_resnet101", "fcn8s_vgg16", "segformer_b5")  # Tab. 1; SegFormer-b5 stands in for DAFormer
+# Sec. 5.1's training recipes (what they leave out, e.g. weight decay, is not a deviation)
+PAPER_G0 = {"iters": 20000, "batch_size": 2, "optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9}
+PAPER_FINETUNE = {"iters": 300, "batch_size": 2, "optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9}
+PAPER_DDPM = {"batch_size": 4, "lr": 2e-5, "adam_betas": [0.9, 0.99]}
+
+
+def _as_plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def deviations(config: Config) -> list[str]:
@@ -98,6 +107,21 @@ def deviations(config: Config) -> list[str]:
     if seg.weights is None:
         notes.append("segmenter randomly initialised (segmenter.weights = null; paper: ImageNet-initialised, e.g. "
                      "segmenter.weights: imagenet)")
+    if ptl.N != 600:
+        notes.append(f"N = {ptl.N} intermediate domains (ptl.N; paper: 600, Sec. 5.1)")
+    if ptl.images_per_domain != 600:
+        notes.append(f"{ptl.images_per_domain} images per intermediate domain (ptl.images_per_domain; paper: 300 "
+                     "iterations x batch 2 = 600)")
+    if seg.arch not in PAPER_SEGMENTERS:
+        notes.append(f"segmenter {seg.arch} is not one of the paper's networks (segmenter.arch; paper: "
+                     "deeplabv2_resnet101, fcn8s_vgg16, DAFormer)")
+    for what, section, paper in (("g_0", seg.source_train, PAPER_G0), ("fine-tune", ptl.finetune, PAPER_FINETUNE),
+                                 ("DDPM", train, PAPER_DDPM)):
+        differ = [f"{key} {getattr(section, key)}" for key, value in paper.items()
+                  if _as_plain(getattr(section, key)) != value]
+        if differ and not (what == "DDPM" and d.pretrained is not None):
+            notes.append(f"{what} training recipe off Sec. 5.1: {', '.join(differ)} (paper: "
+                         f"{', '.join(f'{k} {v}' for k, v in paper.items() if k in [x.split()[0] for x in differ])})")
     if seg.arch.startswith("segformer_"):
         notes.append(f"segmenter {seg.arch}: SegFormer's all-MLP decode head on the MiT encoder stands in "
                      "for DAFormer's context-aware fusion head (paper: DAFormer)")

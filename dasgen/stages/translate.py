@@ -39,7 +39,7 @@ from dasgen.guidance.sampler import translate
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
-from dasgen.segment.train import finetune
+from dasgen.segment.train import finetune, freeze_batchnorm
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
@@ -219,6 +219,8 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
     ft = config.ptl.finetune
     model = load_segmenter(ws.segmenter_path(plan.n - 1, config.ptl.N), device=device,
                            expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
+    if config.segmenter.batchnorm == "frozen":
+        freeze_batchnorm(model)  # before DistributedDataParallel registers the parameters it will reduce
     trained = data_parallel_segmenter(model, ctx, batch_size=ft.batch_size, device=device)
     if trained is None:  # a rank beyond the batch size sits the fine-tune out
         return model, {}

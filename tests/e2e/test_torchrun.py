@@ -157,3 +157,42 @@ def test_sharded_segmenter_gives_the_whole_batch_loss_and_gradient(tmp_path):
         torch.testing.assert_close(got["losses"], losses, rtol=1e-6, atol=1e-7)
         for mine, full in zip(got["grads"], (p.grad for p in model.parameters())):
             torch.testing.assert_close(mine, full, rtol=1e-5, atol=1e-7)
+
+
+def _frozen_batchnorm_worker(rank, world, port, out):
+    """The stage's order for segmenter.batchnorm: frozen -- freeze, then wrap for data parallelism, then fine-tune."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
+        from dasgen.segment.train import finetune, freeze_batchnorm
+
+        torch.manual_seed(0)  # test-local weights, identical in every process
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(6, 4, 1))
+        before = {k: v.clone() for k, v in model[1].state_dict().items()}
+        freeze_batchnorm(model)
+        sharded = data_parallel_segmenter(model, DistContext(rank=rank, world_size=world), batch_size=2,
+                                          device=torch.device("cpu"))
+        sample = lambda generator: _batch(int(torch.randint(100, (1,), generator=generator)))  # noqa: E731
+        finetune(sharded, lambda g: tuple(t[:2] for t in sample(g)), lambda g: tuple(t[:2] for t in sample(g)),
+                 iters=3, lr=1e-2, optimizer="sgd", generator=torch.Generator().manual_seed(0), progress=False,
+                 batchnorm="frozen")
+        kept = all(torch.equal(before[k], v) for k, v in model[1].state_dict().items())
+        torch.save({"kept": kept, "conv": model[0].weight.detach().clone()}, out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_frozen_batchnorm_fine_tunes_data_parallel(tmp_path):
+    """Two ranks fine-tune a BatchNorm net with frozen BatchNorm: DDP must not wait for gradients of the frozen
+    affine parameters (it would fail at the second iteration), the statistics stay, the ranks agree."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_frozen_batchnorm_worker, args=(2, port, tmp_path), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(r["kept"] for r in ranks)
+    torch.testing.assert_close(ranks[0]["conv"], ranks[1]["conv"])

@@ -281,3 +281,8 @@ def test_the_observer_sees_every_guided_step_as_applied():
         assert float(r.beta.flatten()[0]) == pytest.approx(float(schedule.betas[r.position]))
         assert r.raw.abs().max() > 0.01 and r.applied.abs().max() <= 0.01 + 1e-7
         assert torch.equal(r.applied, r.raw.clamp(-0.01, 0.01))
+    # the applied step is what moved the image: one guided step against the same step unguided
+    moved = []
+    one = Guidance(segmenter=colour_segmenter, plan=["lcg"], lambda_=5e9, max_step=0.01, observer=moved.append)
+    displacement = _first_guided_step(x0, labels, one)
+    torch.testing.assert_close(displacement, -moved[0].applied, rtol=1e-5, atol=1e-7)

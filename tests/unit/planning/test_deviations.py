@@ -35,6 +35,20 @@ PAPER_VALUES = {
     "diffusion.beta_end": 0.02,
     "diffusion.train.lr_schedule": "constant",  # Sec. 5.1
     "diffusion.train.max_timestep": None,  # Eq. 5: t ~ U(1, T)
+    "diffusion.train.batch_size": 4,  # Sec. 5.1
+    "diffusion.train.lr": 2e-5,
+    "diffusion.train.adam_betas": [0.9, 0.99],
+    "ptl.images_per_domain": 600,  # 300 iterations x batch 2
+    "segmenter.arch": "deeplabv2_resnet101",  # Tab. 1, Res-101
+    "segmenter.source_train.iters": 20000,  # Sec. 5.1
+    "segmenter.source_train.batch_size": 2,
+    "segmenter.source_train.optimizer": "sgd",
+    "segmenter.source_train.lr": 2.5e-4,
+    "segmenter.source_train.momentum": 0.9,
+    "ptl.finetune.iters": 300,
+    "ptl.finetune.batch_size": 2,
+    "ptl.finetune.optimizer": "sgd",
+    "ptl.finetune.lr": 2.5e-4,
 }
 
 
@@ -61,13 +75,19 @@ OTHER_REDUCTION = {"mean": "sum", "sum": "mean"}[PAPER_LOSS_REDUCTION]
 
 
 @pytest.mark.parametrize("overrides, names", [
-    ({"ptl.N": 300}, "t_n != n"),
+    ({"ptl.t_final": 900}, "t_n != n"),
+    ({"ptl.N": 300, "ptl.t_final": 300}, "ptl.N"),
+    ({"ptl.images_per_domain": 64}, "ptl.images_per_domain"),
+    ({"segmenter.arch": "deeplabv3_resnet50"}, "segmenter.arch"),
+    ({"segmenter.source_train.iters": 1500}, "g_0 training recipe"),
+    ({"ptl.finetune.optimizer": "adam"}, "fine-tune training recipe"),
+    ({"diffusion.train.lr": 2e-3}, "DDPM training recipe"),
     ({"ptl.finetune.use_src_loss": False}, "ptl.finetune.use_src_loss"),
     ({"ptl.finetune.aug_fraction": 0.2}, "ptl.finetune.aug_fraction"),
     ({"segmenter.source_train.aug_fraction": 0.0}, "segmenter.source_train.aug_fraction"),
     ({"sgg.arrangement": "random"}, "sgg.arrangement"),
     ({"ptl.steps_per_domain": 25}, "ptl.steps_per_domain"),
-    ({"segmenter.weights": None}, "segmenter.weights = null"),
+    ({"segmenter.weights": None, "segmenter.batchnorm": "train"}, "segmenter.weights = null"),
     ({"sgg.loss_reduction": OTHER_REDUCTION}, "sgg.loss_reduction"),
     ({"sgg.lambda": 40.0}, "sgg.lambda"),
     ({"sgg.gradient_at": "x0_hat"}, "sgg.gradient_at"),
