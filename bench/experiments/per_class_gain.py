@@ -6,8 +6,8 @@ IoU is paired against source-only of the same seed. Reported: mean +- sd over se
 difference. The question it answers: does the translation help on the classes where the toy's gap is (the two
 colour-swapped classes, sidewalk and terrain; docs/toy.md), or elsewhere?
 
-    python bench/experiments/per_class_gain.py ablation.yaml full wo-sgg x0-t200   # variants of the spec
-    python bench/experiments/per_class_gain.py ablation.yaml full --out NAME      # docs/results/experiments/NAME.md
+    python bench/experiments/per_class_gain.py experiments/ablation.yaml full wo-sgg x0-t200   # variants of the spec
+    python bench/experiments/per_class_gain.py experiments/ablation.yaml full --out NAME      # docs/results/experiments/NAME.md
 
 The runs are read from the spec's `out` work tree; the report says whether each is the run the spec's committed
 report scored (same params sha256). Writes docs/results/experiments/<NAME>.md and .json (NAME defaults to
