@@ -1,4 +1,4 @@
-"""Experiment (#12): where does an ablation's gain come from, class by class?
+"""Experiment: where does an ablation's gain come from, class by class?
 
 For every seed of a finished `dasgen ablate` run, the final segmenter of each named variant (g_N; g_0 for
 ``source-only``; the target-trained oracle for ``oracle``) is scored on the spec's target val split, and each class's
@@ -27,8 +27,8 @@ from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.pipeline.segmenters import score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.research.ablate import RESULT_FILE, seed_config, variant_config
-from dasgen.research.ablate_report import _mean_std
 from dasgen.research.ablate_spec import load_spec
+from dasgen.research.experiments import mean_std
 from dasgen.segment.checkpoint import load_segmenter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def per_class(spec_path: Path, variants: list[str]) -> dict:
 
 
 def _mean_sd(values: list[float]) -> str:
-    mean, sd = _mean_std(values)
+    mean, sd = mean_std(values)
     return f"{100 * mean:+.1f} ± {100 * (sd or 0.0):.1f}"
 
 
