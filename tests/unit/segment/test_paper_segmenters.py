@@ -91,8 +91,8 @@ def test_each_paper_segmenter_runs_the_toy_pipeline_end_to_end(arch, tmp_path, m
     from conftest import write_tiny_params
     from dasgen.cli import app
 
-    write_tiny_params(tmp_path, data={"resolution": [32, 64]}, toy={"height": 32, "width": 64, "n_source": 4,
-                                                                      "n_target_train": 4, "n_target_val": 2},
+    write_tiny_params(tmp_path, data={"resolution": [32, 64]}, toy={"height": 32, "width": 64, "n_source": 2,
+                                                                      "n_target_train": 2, "n_target_val": 1},
                       segmenter={"arch": arch, "source_train": {"iters": 1, "batch_size": 2}},
                       diffusion={"fidelity_levels": [2]},
                       ptl={"N": 1, "t_final": 4, "steps_per_domain": 2, "images_per_domain": 2,
