@@ -114,17 +114,20 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
     if warmup:
         fn()
     memory = PeakMemory(device)
-    times = []
     with memory.measure():
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
+        times = [call_seconds(fn, device) for _ in range(repeats)]
     return sorted(times)[len(times) // 2], memory.peak_mib
+
+
+def call_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of ``fn``, the GPU's queue drained before and after (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def make_labels(batch: int, n_classes: int, size: tuple[int, int], seed: int) -> torch.Tensor:
@@ -227,13 +230,7 @@ def interleaved(variants: dict[str, Callable[[], object]], device: torch.device,
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(call_seconds(fn, device))
     return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from dasgen.config import Config, load_config, parse_yaml
 from dasgen.errors import DasgenError
+from dasgen.research.ablate_spec import DEFAULT_SPEC
 
 app = typer.Typer(
     name="dasgen",
@@ -352,7 +353,7 @@ def _csv_list(text: Optional[str], what: str, cast: Callable = str) -> Optional[
 @handles_errors
 def ablate(
     spec: Annotated[Path, typer.Option("--spec", help="Ablation spec: base params, seeds, variants.")]
-    = Path("ablation.yaml"),
+    = DEFAULT_SPEC,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Subset of the spec's seeds, e.g. 0,1.")] = None,
     variants: Annotated[Optional[str], typer.Option("--variants", help="Subset of the spec's variants.")] = None,
     ddpm: Annotated[Optional[Path], typer.Option("--ddpm", help="Reuse this trained DDPM (diffusers directory, "

@@ -1,4 +1,4 @@
-"""Experiment (#12): does a translation move each class's colour from the source palette towards the target's?
+"""Experiment: does a translation move each class's colour from the source palette towards the target's?
 
 For each class, the mean RGB of its pixels in the source images, in a translated set (a translation_value.py cache),
 and in the same layouts rendered with the toy's target look (the ideal translation). Reported per class: the share
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dasgen.datasets.toy import _sample, appearance
+from dasgen.datasets.toy import appearance, render_sample
 from dasgen.labels import TRAIN_ID_NAMES, id_to_train_id
+from dasgen.research.experiments import markdown_table
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "data" / "experiments" / "xlate"
@@ -35,7 +36,7 @@ def main() -> None:
     source = np.stack([np.array(Image.open(REPO / f"data/toy/source/images/{i}.png").convert("RGB")) for i in ids])
     labels = np.stack([id_to_train_id(np.array(Image.open(REPO / f"data/toy/source/labels/{i}.png"))) for i in ids])
     _, look = appearance(1.0, True)
-    ideal = np.stack([_sample(look, "source", "train", int(i) - 1, 0, *source.shape[1:3])[0] for i in ids])
+    ideal = np.stack([render_sample(look, "source", "train", int(i) - 1, 0, *source.shape[1:3])[0] for i in ids])
     s_means, i_means = class_means(source.astype(float), labels), class_means(ideal.astype(float), labels)
     rows = {}
     for name in sys.argv[1:]:
@@ -54,11 +55,11 @@ def main() -> None:
         rows[name] = shares
         print(name, json.dumps(shares), flush=True)
     classes = list(next(iter(rows.values())))
-    lines = ["| translation | " + " | ".join(classes) + " |", "| --- |" + " ---: |" * len(classes)]
-    lines += [f"| {name} | " + " | ".join(str(r[c]) for c in classes) + " |" for name, r in rows.items()]
+    table = markdown_table(["translation", *classes], [[name, *(r[c] for c in classes)] for name, r in rows.items()],
+                           "l" + "r" * len(classes))
     OUT.write_text("# How far a translation moves each class's colour towards the target palette\n\n"
                    "bench/experiments/colour_shift.py: share of the source -> ideal-target class-mean colour distance "
-                   "covered (1 = target palette, 0 = unchanged).\n\n" + "\n".join(lines) + "\n")
+                   "covered (1 = target palette, 0 = unchanged).\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

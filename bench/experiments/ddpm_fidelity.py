@@ -1,4 +1,4 @@
-"""Experiment (#12): how much of a REAL target image does a DDPM keep? Train a DDPM variant, then measure its round
+"""Experiment: how much of a REAL target image does a DDPM keep? Train a DDPM variant, then measure its round
 trip phi^t on target val images (noise to t with Eq. 2, denoise unguided with ALL t reverse steps), judged by a
 target-trained oracle (the ablation's protocol: the oracle trains on a second toy's labelled target images).
 

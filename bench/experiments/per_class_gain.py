@@ -1,4 +1,4 @@
-"""Experiment (#12): where does an ablation's gain come from, class by class?
+"""Experiment: where does an ablation's gain come from, class by class?
 
 For every seed of a finished `dasgen ablate` run, the final segmenter of each named variant (g_N; g_0 for
 ``source-only``; the target-trained oracle for ``oracle``) is scored on the spec's target val split, and each class's
@@ -6,8 +6,8 @@ IoU is paired against source-only of the same seed. Reported: mean +- sd over se
 difference. The question it answers: does the translation help on the classes where the toy's gap is (the two
 colour-swapped classes, sidewalk and terrain; docs/toy.md), or elsewhere?
 
-    python bench/experiments/per_class_gain.py ablation.yaml full wo-sgg x0-t200   # variants of the spec
-    python bench/experiments/per_class_gain.py ablation.yaml full --out NAME      # docs/results/experiments/NAME.md
+    python bench/experiments/per_class_gain.py experiments/ablation.yaml full wo-sgg x0-t200   # variants of the spec
+    python bench/experiments/per_class_gain.py experiments/ablation.yaml full --out NAME      # docs/results/experiments/NAME.md
 
 The runs are read from the spec's `out` work tree; the report says whether each is the run the spec's committed
 report scored (same params sha256). Writes docs/results/experiments/<NAME>.md and .json (NAME defaults to
@@ -27,8 +27,8 @@ from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.pipeline.segmenters import score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.research.ablate import RESULT_FILE, seed_config, variant_config
-from dasgen.research.ablate_report import _mean_std
 from dasgen.research.ablate_spec import load_spec
+from dasgen.research.experiments import mean_std
 from dasgen.segment.checkpoint import load_segmenter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def per_class(spec_path: Path, variants: list[str]) -> dict:
 
 
 def _mean_sd(values: list[float]) -> str:
-    mean, sd = _mean_std(values)
+    mean, sd = mean_std(values)
     return f"{100 * mean:+.1f} ± {100 * (sd or 0.0):.1f}"
 
 

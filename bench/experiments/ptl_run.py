@@ -1,5 +1,5 @@
-"""Experiment (#12): the real PTL stages (translate --domains 1-N) on the main toy workspace's data and g_0, with a
-given DDPM and params overrides -- the measure the issue asks for (g_N against g_0 on the target val), plus the
+"""Experiment: the real PTL stages (translate --domains 1-N) on the main toy workspace's data and g_0, with a
+given DDPM and params overrides -- the pipeline's own measure (g_N against g_0 on the target val), plus the
 oracle-judged consistency of X^N and the share of blown-up images.
 
     python bench/experiments/ptl_run.py NAME --ddpm DIR [--set ptl.t_final=200 ...]
@@ -31,6 +31,7 @@ from dasgen.stages.translate import run_domain
 from dasgen.pipeline.segmenters import target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.artifact.reader import iter_domain_images
+from dasgen.research.experiments import markdown_table, overrides_text, record_run
 
 REPO = Path(__file__).resolve().parents[2]
 ORACLE = REPO / "data" / "experiments" / "oracle" / "segmenter.safetensors"
@@ -81,19 +82,16 @@ def main() -> None:
               "blown_up": float(np.mean([r > BLOWN_UP_FACTOR for r in rough])),
               "roughness_ratio": float(np.mean(rough)), "wall_s": round(time.time() - started, 1)}
     print(json.dumps(result), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    lines = ["| run | overrides | g_n target mIoU by domain | final | oracle consistency X^N | blown up | wall s |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
-        curve = " / ".join(f"{d['target_miou'] * 100:.1f} (t={d['t']})" for d in r["domains"])
-        lines.append(f"| {r['name']} | {ov} | {curve} | {r['final_target_miou'] * 100:.1f} | "
-                     f"{r['oracle_consistency'] * 100:.1f} | {r['blown_up'] * 100:.0f} % | {r['wall_s']:.0f} |")
+    table = markdown_table(
+        ["run", "overrides", "g_n target mIoU by domain", "final", "oracle consistency X^N", "blown up", "wall s"],
+        [[r["name"], overrides_text(r["overrides"]),
+          " / ".join(f"{d['target_miou'] * 100:.1f} (t={d['t']})" for d in r["domains"]),
+          f"{r['final_target_miou'] * 100:.1f}", f"{r['oracle_consistency'] * 100:.1f}",
+          f"{r['blown_up'] * 100:.0f} %", f"{r['wall_s']:.0f}"] for r in record_run(RESULTS, args.name, result)],
+        "lllrrrr")
     (RESULTS.parent / "ptl.md").write_text(
         "# PTL on the main toy workspace (bench/experiments/ptl_run.py)\n\nThe real stages from the shipped g_0 "
-        "(57.2 target val mIoU) with the named DDPM and params overrides.\n\n" + "\n".join(lines) + "\n")
+        "(57.2 target val mIoU) with the named DDPM and params overrides.\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

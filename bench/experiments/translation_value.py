@@ -1,4 +1,4 @@
-"""Experiment (#12): what is a translated dataset worth to a segmenter? Translate every toy source image with one
+"""Experiment: what is a translated dataset worth to a segmenter? Translate every toy source image with one
 DDPM at noise level t (unguided, or SGG-guided by the pipeline's g_0), then train g_0's recipe from scratch on
 (a) the translated images alone and (b) the translated images plus the source images (Eq. 12's two terms), and score
 both on the real target val. Compare with gap_anatomy.py (the same recipe on ideal renderings).
@@ -26,17 +26,16 @@ from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.schedule import evenly_spaced_steps
 from dasgen.diffusion.unet import load_denoiser, make_eps_fn
 from dasgen.guidance.sampler import translate
-from dasgen.seeding import image_generator, image_seed
+from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
-from dasgen.segment.train import train_source
 from dasgen.pipeline.image_quality import roughness
 from dasgen.pipeline.chains import base_schedule
 from dasgen.pipeline.common import load_source_pairs, source_reader
-from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.guided import domain_guidance
-from dasgen.pipeline.segmenters import new_segmenter, score_on_target, target_val_store
+from dasgen.pipeline.segmenters import target_val_store
 from dasgen.pipeline.workspace import Workspace
+from dasgen.research.experiments import markdown_table, overrides_text, record_run, train_g0_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "data" / "experiments" / "xlate"
@@ -72,25 +71,10 @@ def translated(args, config, store, ids) -> np.ndarray:
     return images
 
 
-def train_and_score(config, x: torch.Tensor, y: torch.Tensor) -> float:
-    st = config.segmenter.source_train
-    model = new_segmenter(config, REPO)
-
-    def sample_batch(generator):
-        picks = torch.randint(len(x), (st.batch_size,), generator=generator)
-        flip = torch.rand(st.batch_size, generator=generator) < 0.5
-        xb, yb = x[picks], y[picks]
-        return (torch.where(flip[:, None, None, None], xb.flip(-1), xb),
-                torch.where(flip[:, None, None], yb.flip(-1), yb))
-
-    generator = torch.Generator().manual_seed(image_seed(config.run.seed, 0, "train-g0"))
-    train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum, weight_decay=st.weight_decay,
-                 optimizer=st.optimizer, augment=augment_settings(config, st.aug_fraction), generator=generator,
-                 progress=False)
-    score = score_on_target(model.eval(), config, torch.device("cpu"), target_val_store(config, REPO))
-    per_class = {k: round(v * 100, 1) for k, v in score["per_class"].items() if v == v}
+def train_and_score(config, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, float]]:
+    miou, per_class = train_g0_recipe(config, x, y, REPO)
     print(json.dumps(per_class), flush=True)
-    return round(score["miou"] * 100, 1), per_class
+    return miou, per_class
 
 
 def main() -> None:
@@ -128,19 +112,16 @@ def main() -> None:
     result["translated_plus_source"], result["per_class_plus_source"] = train_and_score(
         config, torch.cat([x_t, x_s]), torch.cat([labels, labels]))
     print(json.dumps(result), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    lines = ["| run | t | steps | guided | overrides | oracle consistency | roughness | g on translated | "
-             "g on translated + source |", "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
-        lines.append(f"| {r['name']} | {r['t']} | {r['steps']} | {r['guided']} | {ov} | {r['oracle_consistency']} | "
-                     f"{r['roughness_ratio']}x | {r['translated_only']} | {r['translated_plus_source']} |")
+    table = markdown_table(
+        ["run", "t", "steps", "guided", "overrides", "oracle consistency", "roughness", "g on translated",
+         "g on translated + source"],
+        [[r["name"], r["t"], r["steps"], r["guided"], overrides_text(r["overrides"]), r["oracle_consistency"],
+          f"{r['roughness_ratio']}x", r["translated_only"], r["translated_plus_source"]]
+         for r in record_run(RESULTS, args.name, result)], "lrrllrrrr")
     (RESULTS.parent / "translation-value.md").write_text(
         "# What a translated dataset is worth (bench/experiments/translation_value.py)\n\n"
         "g_0's recipe trained from scratch on phi^t of all 300 toy source images, scored on the target val (g_0 "
-        "itself, trained on the source: 57.2; see gap-anatomy.md for ideal renderings).\n\n" + "\n".join(lines) + "\n")
+        "itself, trained on the source: 57.2; see gap-anatomy.md for ideal renderings).\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

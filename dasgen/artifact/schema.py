@@ -50,6 +50,7 @@ SCHEMA_VERSION = 1
 INDEX_FILE = "index.parquet"
 METRICS_FILE = "metrics.json"
 PROVENANCE_FILE = "provenance.json"
+MANIFEST_FILE = "manifest.json"  # written last by every export: its presence means the export is complete
 CHECKSUMS_FILE = "checksums.json"  # sha256 of every file of a domain that the index does not cover, written last
 IMAGES_DIR = "images"
 SHARD_PREFIX = "images"

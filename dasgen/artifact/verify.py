@@ -21,10 +21,9 @@ import pyarrow.parquet as pq
 
 from dasgen.errors import DasgenError
 from dasgen.io.atomic import sha256_bytes, sha256_file
-from dasgen.export.card import MANIFEST_FILE
 from dasgen.artifact.reader import index_image_format, read_index
 from dasgen.io.paths import is_safe_relpath, resolve_inside, walk_files
-from dasgen.artifact.schema import CHECKSUMS_FILE, INDEX_FILE, is_image_payload
+from dasgen.artifact.schema import CHECKSUMS_FILE, INDEX_FILE, MANIFEST_FILE, is_image_payload
 
 
 @dataclass

@@ -36,6 +36,7 @@ from dasgen.io.lock import directory_lock
 from dasgen.export.journal import IN_PROGRESS_FILE, JournalWriter, is_temp_of, read_journal, start_journal
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
 from dasgen.artifact.reader import iter_domain_pngs
+from dasgen.artifact.schema import MANIFEST_FILE  # noqa: F401 (re-exported: the export API names it here)
 from dasgen.io.paths import id_problem, is_safe_relpath, relpath_posix, resolve_inside
 from dasgen.io.png import check_label, decode_png, encode_png
 
@@ -232,7 +233,6 @@ class FileRecord:
         self.journal.close()
 
 
-MANIFEST_FILE = "manifest.json"  # written last by every export: its presence means the export is complete
 CARD_FILE = "README.md"  # the dataset card
 
 def _relation(out: Path, guarded: Path) -> str | None:

@@ -50,7 +50,8 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{100 * value:.1f}"
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample standard deviation) of the values that are not None or NaN; None where undefined."""
     values = [v for v in values if v is not None and v == v]
     if not values:
         return None, None
@@ -63,7 +64,7 @@ def _rows(spec: AblationSpec) -> list[Variant]:
 
 def _paired_difference(mine: list[dict], by: dict, against: str) -> tuple[float | None, float | None]:
     """Mean and std over seeds of (this row's target mIoU - row ``against``'s, same seed); None for ``against``."""
-    return _mean_std([r["target_miou"] - by[(against, r["seed"])]["target_miou"] for r in mine
+    return mean_std([r["target_miou"] - by[(against, r["seed"])]["target_miou"] for r in mine
                       if r["variant"] != against and (against, r["seed"]) in by])
 
 
@@ -91,11 +92,11 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
     summary = []
     for row in _rows(spec):
         mine = [r for r in runs if r["variant"] == row.name]
-        miou, miou_sd = _mean_std([r["target_miou"] for r in mine])
-        cons, cons_sd = _mean_std([r["consistency"] for r in mine])
+        miou, miou_sd = mean_std([r["target_miou"] for r in mine])
+        cons, cons_sd = mean_std([r["consistency"] for r in mine])
         delta, delta_sd = _paired_difference(mine, by, reference_name)
         gain, gain_sd = _paired_difference(mine, by, "source-only")
-        blown, blown_sd = _mean_std([r["blown_up"] for r in mine])
+        blown, blown_sd = mean_std([r["blown_up"] for r in mine])
         summary.append({"variant": row.name, "label": row.label, "table": row.table, "paper_miou": row.paper,
                         "seeds": sorted(r["seed"] for r in mine), "target_miou": miou, "target_miou_std": miou_sd,
                         "delta_vs_full": delta, "delta_vs_full_std": delta_sd, "delta_vs_g0": gain,

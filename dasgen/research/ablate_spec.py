@@ -1,4 +1,4 @@
-"""The ablation spec (``ablation.yaml``): variants as params overrides on a base params file, paired seeds.
+"""The ablation spec (``experiments/ablation.yaml``): variants as params overrides on a base params file, paired seeds.
 
 Loaded strictly, like params.yaml: an unknown key, a bad type or a variant override that params.yaml would reject is a
 ConfigError naming the key, raised before anything runs. The base params file is read once, so a long ablation never
@@ -19,6 +19,7 @@ from dasgen.config import Config, apply_overrides, config_from_dict, read_yaml_f
 from dasgen.errors import ConfigError
 from dasgen.io.atomic import sha256_file
 
+DEFAULT_SPEC = Path("experiments/ablation.yaml")  # the paper's Tab. 2/3/5 rows; the other specs sit beside it
 REFERENCE_ROWS = ("source-only", "oracle")
 DEFAULT_LABELS = {"source-only": "Source only (g_0)", "oracle": "Target-trained oracle"}
 # Inputs every variant of a seed shares (toy, DDPM, g_0): a variant may not override them. ptl.t_final is allowed: a

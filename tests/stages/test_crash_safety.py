@@ -1,6 +1,7 @@
 """Crash safety (issue #8.1): kill a running command, run it again, get what an uninterrupted run gets.
 
-The slow tests start ``python -m dasgen ...`` in a subprocess, ``SIGKILL`` it mid-way (chosen by progress on disk,
+The slow tests start ``dasgen ...`` as a process of its own (forked from a server that has imported torch and
+diffusers once: :mod:`helpers.forkserver`), ``SIGKILL`` it mid-way (chosen by progress on disk,
 not by time, so a loaded machine only makes them slower), check that no file under its final name is torn, rerun
 the same command and compare every byte with an uninterrupted run made in a copy of the workspace (in-process, one
 thread like the subprocesses: the maths is deterministic, and so is a run's every byte). The die-point
@@ -15,8 +16,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,9 +33,9 @@ from dasgen.stages.scan import run_scan
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import is_temp_name
 from dasgen.export.parts import IN_PROGRESS_FILE
+from helpers.forkserver import shared_server
 from helpers.synthetic import build_synthetic_domain, write_synthetic_source
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # deterministic and light subprocesses
 # Domain 1 of the tiny workspace, enlarged to ~200 U-Net passes (seconds): all 12 source images one per batch, so
 # every image is journalled on its own, 16 reverse steps each (t_1 = 100). t_N = 200 is above the shipped DDPM
 # training range (diffusion.train.max_timestep: 100), so the range check is lifted: only the bytes matter here.
@@ -70,14 +69,12 @@ def dasgen_args(root: Path, *args: str, sets: tuple[str, ...] = ()) -> list[str]
     return ["--params", str(root / "params.yaml"), "--workspace", str(root), *options, *args]
 
 
-def start(root: Path, *args: str, sets: tuple[str, ...] = (), log: str = "run") -> subprocess.Popen:
-    """``python -m dasgen ...`` in the background; output goes to ``root/<log>.log``."""
-    with open(root / f"{log}.log", "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "dasgen", *dasgen_args(root, *args, sets=sets)],
-                                stdout=out, stderr=subprocess.STDOUT, env=ENV)
+def start(root: Path, *args: str, sets: tuple[str, ...] = (), log: str = "run"):
+    """``dasgen ...`` as a process of its own, in the background; output goes to ``root/<log>.log``."""
+    return shared_server().start(["dasgen", *dasgen_args(root, *args, sets=sets)], log=root / f"{log}.log")
 
 
-def finish(process: subprocess.Popen, root: Path, log: str = "run", timeout: float = 240) -> str:
+def finish(process, root: Path, log: str = "run", timeout: float = 240) -> str:
     """Wait for ``process``; its log, asserting exit status 0."""
     code = process.wait(timeout=timeout)
     text = (root / f"{log}.log").read_text()
@@ -87,12 +84,12 @@ def finish(process: subprocess.Popen, root: Path, log: str = "run", timeout: flo
 
 def run_dying_at(root: Path, suffix: str, *args: str, sets: tuple[str, ...] = ()) -> None:
     """Run the command under the die hook; assert it really died there (exit 137)."""
-    result = subprocess.run([sys.executable, "-c", DIE_HOOK, *dasgen_args(root, *args, sets=sets)],
-                            env={**ENV, "DASGEN_DIE_AT": suffix}, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 137, f"did not die before {suffix!r}:\n{result.stdout}{result.stderr}"
+    code, output = shared_server().run(["die-hook", *dasgen_args(root, *args, sets=sets)], log=root / "die.log",
+                                       env={"DASGEN_DIE_AT": suffix}, source=DIE_HOOK, timeout=240)
+    assert code == 137, f"did not die before {suffix!r}:\n{output}"
 
 
-def kill_when(process: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 240) -> None:
+def kill_when(process, ready: Callable[[], bool], what: str, timeout: float = 240) -> None:
     """SIGKILL ``process`` as soon as ``ready()``; fail if it finished first (the kill point was missed)."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:

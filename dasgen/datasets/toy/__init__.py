@@ -32,7 +32,7 @@ The package follows those three jobs: :mod:`~dasgen.datasets.toy.scene` (labels,
 """
 
 from dasgen.datasets.toy.look import (  # noqa: F401  (the toy's public names, in one place)
-    SOURCE_LOOK, TARGET_LOOK, Look, _sample, appearance, render, toy_sample,
+    SOURCE_LOOK, TARGET_LOOK, Look, appearance, render, render_sample, toy_sample,
 )
 from dasgen.datasets.toy.scene import (  # noqa: F401
     BUILDING, CAR, CITY, PERSON, POLE, ROAD, SIDEWALK, SIGN, SKY, TERRAIN, TOY_CLASSES, TOY_FORMAT_VERSION,

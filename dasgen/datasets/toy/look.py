@@ -202,7 +202,7 @@ def toy_sample(
         raise DasgenError(f"toy domain must be 'source' or 'target', got {domain!r}")
     _check_geometry(height, width, thin_object_scale)
     source_look, target_look = appearance(rendering_gap, colour_swap)
-    return _sample(source_look if domain == "source" else target_look, domain, split, index, seed, height, width,
+    return render_sample(source_look if domain == "source" else target_look, domain, split, index, seed, height, width,
                    thin_object_scale)
 
 
@@ -213,8 +213,10 @@ def _check_geometry(height: int, width: int, thin_object_scale: float = 1.0) -> 
         raise DasgenError(f"toy thin_object_scale must be in [1, 4], got {thin_object_scale}")
 
 
-def _sample(look: Look, domain: str, split: str, index: int, seed: int, height: int, width: int,  # noqa: ANN202
-            thin_object_scale: float = 1.0):
+def render_sample(look: Look, domain: str, split: str, index: int, seed: int, height: int, width: int,
+                  thin_object_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`toy_sample` with the look given: the same layout (from seed, domain, split, index) rendered in ``look``,
+    so an experiment can render the source's scenes in a blend of the two looks."""
     layout_rng, render_rng = sample_rngs(seed, domain, split, index)
     scene = make_scene(layout_rng, height, width, thin_object_scale)
     return render(scene, look, render_rng), scene.label

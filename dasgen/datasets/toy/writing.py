@@ -16,7 +16,7 @@ from PIL import Image
 from dasgen.errors import DasgenError
 from dasgen.labels import color_palette, id_to_color, id_to_train_id
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, is_temp_name
-from dasgen.datasets.toy.look import _check_geometry, _sample, appearance
+from dasgen.datasets.toy.look import _check_geometry, appearance, render_sample
 from dasgen.datasets.toy.scene import CITY, TOY_CLASSES, TOY_FORMAT_VERSION, TOY_LABEL_IDS
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -134,14 +134,14 @@ def generate_toy(
     written: set[Path] = set()
     src = out_dir / "source"
     for i in _progress(range(n_source), progress, "toy source"):
-        image, label = _sample(source_look, "source", "train", i, seed, height, width, thin_object_scale)
+        image, label = render_sample(source_look, "source", "train", i, seed, height, width, thin_object_scale)
         _write(src / "images" / f"{i + 1:05d}.png", _png(Image.fromarray(image)), written)
         _write(src / "labels" / f"{i + 1:05d}.png", _label_png(label), written)
 
     tgt = out_dir / "target"
     for split, count in (("train", n_target_train), ("val", n_target_val)):
         for i in _progress(range(count), progress, f"toy target {split}"):
-            image, label = _sample(target_look, "target", split, i, seed, height, width, thin_object_scale)
+            image, label = render_sample(target_look, "target", split, i, seed, height, width, thin_object_scale)
             stem = f"{CITY}_000000_{i:06d}"
             rgb = tgt / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png"
             _write(rgb, _png(Image.fromarray(image)), written)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from dasgen.pipeline.code_deps import STAGE_ENTRIES, import_closure, imported_mo
 from dasgen.pipeline.dvc_yaml import build_pipeline, render_pipeline
 
 from helpers import REPO
+from helpers.forkserver import shared_server
 
 
 def test_imports_inside_functions_relative_and_submodules_are_found():
@@ -73,7 +72,7 @@ def test_shipped_dvc_yaml_has_no_anchors():
 STAGE_RUNNER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    root, stage = Path(sys.argv[1]), sys.argv[2]
+    root, out, stage = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     from dasgen.config import load_config
     config = load_config(root / "params.yaml")
     if stage != "toy":  # the toy stage takes a root, not a Workspace
@@ -98,21 +97,23 @@ STAGE_RUNNER = textwrap.dedent("""
         from dasgen.stages.export import run_export; run_export(config, ws, force=True, progress=False)
     loaded = sorted(m.__file__ for name, m in list(sys.modules.items())
                     if (name == "dasgen" or name.startswith("dasgen.")) and getattr(m, "__file__", None))
-    print(json.dumps(loaded))
+    (out / f"{stage}.json").write_text(json.dumps(loaded))
 """)
 
 
 @pytest.mark.slow
-def test_every_module_a_stage_loads_at_run_time_is_a_listed_dep(workspace):
-    """Run each stage in a fresh interpreter on the tiny workspace; every dasgen file it loaded must be a dep."""
+def test_every_module_a_stage_loads_at_run_time_is_a_listed_dep(workspace, tmp_path):
+    """Run each stage in a process of its own that has loaded no dasgen module (forked from a server that imported
+    only torch and diffusers), on the tiny workspace; every dasgen file it loaded must be a dep."""
     stages = build_pipeline(load_config(workspace / "params.yaml"))["stages"]
     deps_of = {"domain": set(stages["domain_001"]["deps"])}
     deps_of |= {name: set(stages[name]["deps"]) for name in STAGE_ENTRIES if name != "domain"}
     for stage in ("toy", "scan", "train_diffusion", "train_g0", "domain", "summarize", "export"):
-        result = subprocess.run([sys.executable, "-c", STAGE_RUNNER, str(workspace), stage], capture_output=True,
-                                text=True, cwd=REPO)
-        assert result.returncode == 0, result.stderr[-2000:]
-        loaded = {Path(f).resolve().relative_to(REPO).as_posix() for f in json.loads(result.stdout.splitlines()[-1])}
+        code, output = shared_server().run(["stage-runner", str(workspace), str(tmp_path), stage],
+                                           log=tmp_path / f"{stage}.log", source=STAGE_RUNNER, cwd=REPO)
+        assert code == 0, output[-2000:]
+        loaded = {Path(f).resolve().relative_to(REPO).as_posix()
+                  for f in json.loads((tmp_path / f"{stage}.json").read_text())}
         missing = loaded - deps_of[stage]
         assert not missing, f"stage {stage} loads modules its dvc.yaml deps do not list: {sorted(missing)}"
         assert set(stage_code_deps(stage)) <= deps_of[stage]
