@@ -68,6 +68,17 @@ def find_entry(entries: list[dict[str, Any]], signature: dict[str, Any] | None) 
     return None
 
 
+def entry_for(config: Config, entries: list[dict[str, Any]], *, what: str, command: str
+              ) -> tuple[dict[str, Any] | None, str | None]:
+    """The measured entry for the params' (U-Net, segmenter) pair, else None and the reason (what to run)."""
+    entry = find_entry(entries, model_signature(config))
+    if entry is not None:
+        return entry, None
+    if config.diffusion.pretrained:
+        return None, "diffusion.pretrained: the U-Net's architecture is not in the params"
+    return None, f"no measured {what} for this U-Net and segmenter; run `{command}` to add them"
+
+
 def domain_units(domain: DomainCost, *, classes_per_image: float, finetune_images: int) -> dict[str, float]:
     """Work units of one domain: U-Net forwards, segmenter guidance passes (LCG copies + GSG images), scoring
     forwards and fine-tune training images."""
@@ -109,11 +120,8 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
     part, total FLOPs and GPU-hours at :data:`ASSUMED_GPU_TFLOPS`.
     """
     entries = load_unit_costs() if entries is None else entries
-    entry = find_entry(entries, model_signature(config))
+    entry, why = entry_for(config, entries, what="unit costs", command="python bench/bench_domain.py --write-costs")
     if entry is None:
-        why = ("diffusion.pretrained: the U-Net's architecture is not in the params" if config.diffusion.pretrained
-               else "no measured unit costs for this U-Net and segmenter; run "
-                    "`python bench/bench_domain.py --write-costs` to add them")
         return {"available": False, "reason": why}
     height, width = config.data.resolution
     measured_h, measured_w = entry["measured_at"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dasgen.config import Config
-from dasgen.planning.costs import find_entry, model_signature
+from dasgen.planning.costs import entry_for
 
 MEMORY_UNITS_FILE = Path(__file__).with_name("memory_units.json")
 MIB, GIB = 2**20, 2**30
@@ -78,11 +78,8 @@ def estimate_memory(config: Config, classes_per_image: float, params: dict[str, 
     guided step fits) and ``max_copies_per_pass_for`` (GPU size -> the largest pass that fits).
     """
     entries = load_memory_units() if entries is None else entries
-    entry = find_entry(entries, model_signature(config))
+    entry, why = entry_for(config, entries, what="memory figures", command="python bench/bench_memory_units.py --write")
     if entry is None:
-        why = ("diffusion.pretrained: the U-Net's architecture is not in the params" if config.diffusion.pretrained
-               else "no measured memory figures for this U-Net and segmenter; run "
-                    "`python bench/bench_memory_units.py --write` to add them")
         return {"available": False, "reason": why}
     params = parameter_counts(config) if params is None else params
     height, width = config.data.resolution

@@ -4,10 +4,7 @@ torchvision."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +18,12 @@ from dasgen.pipeline.dvc_yaml import ARTIFACT_NAME, build_pipeline
 from dasgen.pipeline.workspace import Workspace
 from dasgen.stages.export import run_export
 from dasgen.stages.scan import run_scan
+from helpers.vcs import DVC, isolated_env, sh
 from helpers.synthetic import build_synthetic_domain, write_synthetic_source
 
 pytestmark = pytest.mark.slow
 
-DVC = [sys.executable, "-m", "dvc"]
 IDS = [f"{i:05d}" for i in range(1, 7)]
-
-
-def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def dasgen_repo(repo: Path, remote: Path, env: dict[str, str]) -> None:
@@ -68,15 +59,7 @@ def dasgen_repo(repo: Path, remote: Path, env: dict[str, str]) -> None:
 def test_a_separate_project_gets_the_translated_dataset_and_reads_it_with_torchvision(tmp_path):
     from torchvision.datasets import Cityscapes
 
-    env = {
-        **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
-        "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1",
-    }
+    env = isolated_env(tmp_path, OMP_NUM_THREADS="1")
     registry = tmp_path / "dasgen-project"
     dasgen_repo(registry, tmp_path / "remote", env)
 

@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from dasgen.export.run import export_domain
+from helpers.vcs import DVC, isolated_env, sh
 from helpers.synthetic import build_synthetic_domain, label_loader_for, write_synthetic_source
 from dasgen.artifact.verify import verify
 
 pytestmark = pytest.mark.slow
 
-DVC = [sys.executable, "-m", "dvc"]
-
-
-def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_export_round_trips_through_a_dvc_remote(tmp_path):
-    env = {
-        **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site"),
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-        "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
-        "HOME": str(tmp_path / "home"),
-    }
+    env = isolated_env(tmp_path)
     ids = [f"{i:05d}" for i in range(1, 6)]
     write_synthetic_source(tmp_path / "source", ids, height=24, width=40)
     domain = build_synthetic_domain(tmp_path / "domain", ids, height=24, width=40)
