@@ -26,7 +26,7 @@ from diffusers.training_utils import EMAModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dasgen.diffusion.schedule import NoiseSchedule
-from dasgen.diffusion.training_state import restore_training_state, save_training_state
+from dasgen.diffusion.training_state import discard_finished_state, restore_training_state, save_training_state
 from dasgen.errors import CheckpointError
 from dasgen.io.atomic import atomic_write_text
 
@@ -143,6 +143,8 @@ def train_ddpm(
     log_path: Path | None,
     hflip: bool = False,
     progress: bool = True,
+    extra_fingerprint: dict[str, object] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``unet`` (in place) with DDPM's objective (Eq. 5) for ``steps`` steps in total, resuming if possible.
 
@@ -154,8 +156,11 @@ def train_ddpm(
     :func:`learning_rate`.
 
     Every ``checkpoint_every`` steps, and at the end, the training state goes to ``work_dir``; a state found there at
-    start is resumed (``CheckpointError`` if it was written with other settings or is past ``steps``). The loss of each
-    step is appended to the CSV ``log_path`` (header ``step,loss``). Returns the final model (a copy holding the EMA
+    start is resumed (``CheckpointError`` if it was written with other settings or is past ``steps``). The state of the
+    finished run is kept: run again with the same settings, training is restored instead of redone (same weights); a
+    finished state of other settings is replaced by a fresh run. ``extra_fingerprint`` adds to the settings a resume
+    must share (the stage passes its code's hash). ``log`` receives one line saying where training starts from. The
+    loss of each step is appended to the CSV ``log_path`` (header ``step,loss``). Returns the final model (a copy holding the EMA
     weights when EMA is on, else ``unet`` itself), in eval mode; the caller saves it with ``save_denoiser``.
     """
     if steps < 0 or batch_size < 1:
@@ -171,14 +176,20 @@ def train_ddpm(
     learning_rate(lr, 1, steps, lr_schedule)  # an unknown schedule fails before any work
     fingerprint = _fingerprint(
         unet, schedule, batch_size=batch_size, lr=lr, adam_betas=list(adam_betas), ema_decay=ema_decay, seed=seed,
-        hflip=hflip, **({"lr_schedule": lr_schedule} if lr_schedule != "constant" else {}),
+        hflip=hflip, **(extra_fingerprint or {}),
+        # a cosine schedule's rates depend on its length: a run resumed with other steps would follow another curve
+        **({"lr_schedule": lr_schedule, "lr_schedule_steps": steps} if lr_schedule != "constant" else {}),
     )
     state = dict(model=unet, optimizer=optimizer, ema=ema, generator=generator)
 
+    dropped = discard_finished_state(work_dir, fingerprint=fingerprint, steps=steps)
     restored = restore_training_state(work_dir, fingerprint=fingerprint, **state)
     start, losses = (restored.step, list(restored.losses)) if restored else (0, [])
     if start > steps:
         raise CheckpointError(f"{work_dir}: training state is at step {start}, past the requested {steps} steps")
+    if log is not None:
+        log(f"resuming from step {start} of {steps} ({work_dir})" if restored else
+            f"starting at step 0 of {steps}" + (f" (finished state of {dropped} replaced)" if dropped else ""))
 
     log = _start_loss_log(log_path, losses)
     unet.train()
@@ -199,7 +210,8 @@ def train_ddpm(
                 if step == steps or (checkpoint_every > 0 and step % checkpoint_every == 0):
                     if log is not None:
                         log.flush()
-                    save_training_state(work_dir, step=step, losses=losses, fingerprint=fingerprint, **state)
+                    save_training_state(work_dir, step=step, losses=losses, fingerprint=fingerprint,
+                                        finished=step == steps, **state)
     finally:
         if log is not None:
             log.close()

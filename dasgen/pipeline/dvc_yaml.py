@@ -6,8 +6,11 @@ explicitly. ``dasgen pipeline --write`` regenerates the file after a change to `
 
 Each stage names the code it runs -- its import closure, derived by :mod:`dasgen.pipeline.code_deps`, never
 hand-listed -- and exactly the params it reads, so a change re-runs what it affects: an ``sgg`` change re-runs the
-domain stages but not the diffusion training; an edit to ``diffusion/schedule.py`` re-runs every stage that imports it. A 600-domain schedule stays practical by grouping
-``ptl.domains_per_stage`` domains per stage (DVC spends about 0.7 s of bookkeeping per stage in ``repro``).
+domain stages but not the diffusion training; an edit to ``diffusion/schedule.py`` re-runs every stage that imports
+it. A section holding a param without effect on the results (:data:`~dasgen.config.NO_EFFECT_PARAMS`: memory,
+batching, checkpoint intervals) is listed key by key without it, so changing such a knob re-runs nothing. A 600-domain
+schedule stays practical by grouping ``ptl.domains_per_stage`` domains per stage (DVC spends about 0.7 s of
+bookkeeping per stage in ``repro``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from dasgen.config import Config
+from dasgen.config import NO_EFFECT_PARAMS, Config
 from dasgen.errors import DasgenError
 from dasgen.pipeline.code_deps import stage_code_deps
 from dasgen.pipeline.workspace import Workspace
@@ -33,6 +36,25 @@ def domain_groups(config: Config) -> list[tuple[int, int]]:
     """[(first, last), ...] covering 1..N in runs of ``ptl.domains_per_stage``."""
     size, total = config.ptl.domains_per_stage, config.ptl.N
     return [(first, min(first + size - 1, total)) for first in range(1, total + 1, size)]
+
+
+def result_params(config: Config, keys: list[str]) -> list[str]:
+    """``keys`` (params names or sections) without :data:`~dasgen.config.NO_EFFECT_PARAMS`: a section holding one is
+    written out key by key (recursively), the knob itself left out. DVC then reads each listed key from params.yaml,
+    which names every key."""
+    values = config.to_dict()
+    result: list[str] = []
+    for key in keys:
+        if key in NO_EFFECT_PARAMS:
+            continue
+        if not any(p.startswith(key + ".") for p in NO_EFFECT_PARAMS):
+            result.append(key)
+            continue
+        node = values
+        for part in key.split("."):
+            node = node[part]
+        result += result_params(config, [f"{key}.{child}" for child in node])
+    return result
 
 
 def _rel(path: Path, ws: Workspace) -> str:
@@ -68,9 +90,9 @@ def build_pipeline(config: Config, ws: Workspace = Workspace(Path("."))) -> dict
     stages["train_diffusion"] = {
         "cmd": "dasgen train-diffusion",
         "deps": data_deps + stage_code_deps("train_diffusion"),
-        "params": ["diffusion", "data.target.kind", "data.target.root", "data.target.train_split",
-                   "data.target.val_split",
-                   "data.resolution", "run.seed"],
+        "params": result_params(config, ["diffusion", "data.target.kind", "data.target.root",
+                                         "data.target.train_split", "data.target.val_split", "data.resolution",
+                                         "run.seed"]),
         "outs": [{_rel(ws.diffusion_dir, ws): {"persist": True}}],
         "metrics": [{"metrics/diffusion.json": {"cache": False}}],
         "plots": [{"metrics/diffusion_loss.csv": {"cache": False, "x": "step", "y": "loss"}},
@@ -79,13 +101,14 @@ def build_pipeline(config: Config, ws: Workspace = Workspace(Path("."))) -> dict
     stages["train_g0"] = {
         "cmd": "dasgen train-g0",
         "deps": [_rel(ws.source_pairs, ws)] + data_deps + stage_code_deps("train_g0"),
-        "params": ["segmenter", "ptl.t_final", "data.target.val_split"] + SOURCE_PARAMS + SCHEDULE_PARAMS,
+        "params": result_params(config, ["segmenter", "ptl.t_final", "data.target.val_split"] + SOURCE_PARAMS
+                                + SCHEDULE_PARAMS),
         "outs": [_rel(ws.g0_dir, ws)],
         "metrics": [{"metrics/g0.json": {"cache": False}}],
     }
     previous = _rel(ws.segmenter_path(0), ws)
-    domain_params = (["sgg", "ptl", "segmenter.eval_protocol", "data.target.val_split"]
-                     + SOURCE_PARAMS + SCHEDULE_PARAMS)
+    domain_params = result_params(config, ["sgg", "ptl", "segmenter.eval_protocol", "data.target.val_split"]
+                                  + SOURCE_PARAMS + SCHEDULE_PARAMS)
     metric_files = ["metrics/g0.json"]
     for first, last in domain_groups(config):
         name = f"domain_{first:03d}" if first == last else f"domains_{first:03d}_{last:03d}"

@@ -41,7 +41,8 @@ class Workspace:
 
     @property
     def diffusion_state(self) -> Path:
-        """Resumable training state (removed once training finishes)."""
+        """Resumable training state, kept once training finishes (a re-run with the same settings and code restores
+        it instead of training again)."""
         return self.diffusion_dir / "state"
 
     @property

@@ -1,13 +1,14 @@
 """Stage ``train-diffusion``: the unconditional target DDPM (Sec. 4.4 "Training", Eq. 5).
 
 Trains on the unlabelled target train images at the translation resolution, resumably (a killed run continues from its
-last checkpoint), and saves the model in the diffusers layout. With ``diffusion.pretrained`` set, a user's own
+last checkpoint), and saves the model in the diffusers layout. The finished training state stays in
+``data/diffusion/state``, fingerprinted with the meaning of the training code: re-run after an edit that changes no
+computation (DVC re-runs the stage for a comment), the command restores it and writes the same bytes in seconds. With ``diffusion.pretrained`` set, a user's own
 diffusers UNet2DModel is checked and copied instead of training one.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 
 from rich.console import Console
@@ -15,11 +16,11 @@ from rich.console import Console
 from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
 from dasgen.diffusion.train import train_ddpm
-from dasgen.diffusion.training_state import STATE_JSON
 from dasgen.diffusion.unet import build_unet, load_denoiser, make_eps_fn, save_denoiser
 from dasgen.errors import ConfigError
 from dasgen.seeding import image_seed
 from dasgen.pipeline.chains import base_schedule
+from dasgen.pipeline.code_deps import code_sha256
 from dasgen.pipeline.common import resolve_device, target_reader, write_json
 from dasgen.pipeline.diffusion_fidelity import round_trip
 from dasgen.pipeline.workspace import Workspace
@@ -66,7 +67,8 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
                         batch_size=d.train.batch_size, lr=d.train.lr, adam_betas=tuple(d.train.adam_betas),
                         ema_decay=d.train.ema_decay, lr_schedule=d.train.lr_schedule, seed=config.run.seed,
                         work_dir=ws.diffusion_state, checkpoint_every=d.train.checkpoint_every, log_path=log_path,
-                        progress=progress)
+                        progress=progress, extra_fingerprint={"code_sha256": code_sha256("train_diffusion")},
+                        log=lambda line: console.print(f"diffusion: {line}", highlight=False))
     sha = save_denoiser(result.model, ws.diffusion_model)
     ws.metrics.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(ws.metrics / "diffusion_loss.csv", log_path.read_bytes())  # never a torn copy
@@ -81,8 +83,5 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
         "wall_s": round(time.time() - started, 1),
     }
     write_json(ws.metrics / "diffusion.json", metrics)
-    # The commit marker goes first: a kill while deleting leaves no state that names missing tensors.
-    (ws.diffusion_state / STATE_JSON).unlink(missing_ok=True)
-    shutil.rmtree(ws.diffusion_state, ignore_errors=True)
     console.print(f"diffusion: done, final loss {metrics['final_loss']}")
     return metrics

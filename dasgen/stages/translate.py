@@ -42,6 +42,7 @@ from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
+from dasgen.pipeline.code_deps import code_sha256
 from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
 from dasgen.pipeline.guided import domain_guidance, sampler_options
@@ -95,13 +96,17 @@ def image_consistency(pred: torch.Tensor, label: torch.Tensor) -> float:
 
 
 def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
-    """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh."""
-    d = config.hashed_dict()  # an option added off leaves the fingerprint of finished domains unchanged
-    ptl = {k: v for k, v in d["ptl"].items() if k not in ("translate_batch_size", "domains_per_stage")}
+    """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh.
+
+    Built from :meth:`Config.result_dict` (no memory or batching knob; an option added off leaves the fingerprint of
+    finished domains unchanged) and the meaning of the stage's code (:func:`code_sha256`: a comment or docstring edit
+    keeps finished domains, a real change redoes them)."""
+    d = config.result_dict()
     writer_of_g = "dasgen train-g0" if n == 1 else f"dasgen translate --domain {n - 1}"
     return {
         "n": n,
-        "params": {"ptl": ptl, "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
+        "code_sha256": code_sha256("domain"),
+        "params": {"ptl": d["ptl"], "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
                    "source": d["data"]["source"] | {"root": canonical_root(config.data.source.root, ws.root)},
                    "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
         "diffusion_sha256": sha256_file(_required(ws.diffusion_model / WEIGHTS_NAME,
