@@ -160,8 +160,9 @@ def train_ddpm(
     finished run is kept: run again with the same settings, training is restored instead of redone (same weights); a
     finished state of other settings is replaced by a fresh run. ``extra_fingerprint`` adds to the settings a resume
     must share (the stage passes its code's hash). ``log`` receives one line saying where training starts from. The
-    loss of each step is appended to the CSV ``log_path`` (header ``step,loss``). Returns the final model (a copy holding the EMA
-    weights when EMA is on, else ``unet`` itself), in eval mode; the caller saves it with ``save_denoiser``.
+    loss of each step is appended to the CSV ``log_path`` (header ``step,loss``). Returns the final model (a copy
+    holding the EMA weights when EMA is on, else ``unet`` itself), in eval mode; the caller saves it with
+    ``save_denoiser``.
     """
     if steps < 0 or batch_size < 1:
         raise ValueError(f"train_ddpm: steps={steps} must be >= 0 and batch_size={batch_size} >= 1")

@@ -103,7 +103,7 @@ def build_pipeline(config: Config, ws: Workspace = Workspace(Path("."))) -> dict
         "deps": [_rel(ws.source_pairs, ws)] + data_deps + stage_code_deps("train_g0"),
         "params": result_params(config, ["segmenter", "ptl.t_final", "data.target.val_split"] + SOURCE_PARAMS
                                 + SCHEDULE_PARAMS),
-        "outs": [_rel(ws.g0_dir, ws)],
+        "outs": [{_rel(ws.g0_dir, ws): {"persist": True}}],  # holds the training state a re-run resumes
         "metrics": [{"metrics/g0.json": {"cache": False}}],
     }
     previous = _rel(ws.segmenter_path(0), ws)

@@ -54,6 +54,11 @@ class Workspace:
     def g0_dir(self) -> Path:
         return self.data / "g0"
 
+    @property
+    def g0_state(self) -> Path:
+        """g_0's resumable training state, kept once training finishes (as :attr:`diffusion_state`)."""
+        return self.g0_dir / "state"
+
     def domain_dir(self, n: int, total: int | None = None) -> Path:
         width = max(DOMAIN_DIGITS, len(str(total or 0)))
         return self.data / "domains" / f"{n:0{width}d}"

@@ -3,8 +3,8 @@
 Trains on the unlabelled target train images at the translation resolution, resumably (a killed run continues from its
 last checkpoint), and saves the model in the diffusers layout. The finished training state stays in
 ``data/diffusion/state``, fingerprinted with the meaning of the training code: re-run after an edit that changes no
-computation (DVC re-runs the stage for a comment), the command restores it and writes the same bytes in seconds. With ``diffusion.pretrained`` set, a user's own
-diffusers UNet2DModel is checked and copied instead of training one.
+computation (DVC re-runs the stage for a comment), the command restores it and writes the same bytes in seconds.
+With ``diffusion.pretrained`` set, a user's own diffusers UNet2DModel is checked and copied instead of training one.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 SGG asks g to classify noisy, masked images (Eq. 6 masks x_k, a noisy sample), so a fraction of g_0's training
 samples (``segmenter.source_train.aug_fraction``, 10 % as in Supp. C) are noised by Eq. 2 at a random level below the
 last domain's t_N and masked by one class region.
+
+Training is resumable (``segmenter.source_train.checkpoint_every``): a killed run continues from its last state in
+``data/g0/state`` to the same weights, and the log says from which iteration. The finished state is kept,
+fingerprinted with the params g_0 depends on and the meaning of its code, so a re-run after an edit that changes no
+computation rebuilds the same g_0 in seconds.
 """
 
 from __future__ import annotations
@@ -16,11 +21,29 @@ from dasgen.config import Config
 from dasgen.datasets.pairs import PairStore
 from dasgen.seeding import image_seed
 from dasgen.segment.checkpoint import save_segmenter
-from dasgen.segment.train import train_source
+from dasgen.segment.train import Checkpointing, train_source
 from dasgen.pipeline.augment import augment_settings
-from dasgen.pipeline.common import load_source_pairs, resolve_device, source_reader, write_json
+from dasgen.pipeline.code_deps import code_sha256
+from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.pipeline.segmenters import new_segmenter, on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
+
+
+def g0_fingerprint(config: Config, ws: Workspace) -> dict:
+    """What g_0's weights depend on: a training state made with anything else is not resumed (see
+    :mod:`dasgen.diffusion.training_state`). Scoring settings (``segmenter.eval_protocol``) are left out: a re-run
+    for them rescores the same g_0."""
+    d = config.result_dict()
+    segmenter = {k: v for k, v in d["segmenter"].items() if k != "eval_protocol"}
+    return {
+        "code_sha256": code_sha256("train_g0"),
+        "segmenter": segmenter,
+        "seed": config.run.seed,
+        "augment_max_t": config.ptl.t_final,
+        "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")},
+        "resolution": d["data"]["resolution"],
+        "source": d["data"]["source"] | {"root": canonical_root(config.data.source.root, ws.root)},
+    }
 
 
 def run_train_g0(config: Config, ws: Workspace, *, progress: bool = True, console: Console | None = None) -> dict:
@@ -37,13 +60,16 @@ def run_train_g0(config: Config, ws: Workspace, *, progress: bool = True, consol
     console.print(f"g_0: {config.segmenter.arch} on {len(entries)} source pairs, {st.iters} iterations on {device}")
     losses = train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum,
                           weight_decay=st.weight_decay, optimizer=st.optimizer,
-                          augment=augment_settings(config, st.aug_fraction), generator=generator, progress=progress)
+                          augment=augment_settings(config, st.aug_fraction), generator=generator, progress=progress,
+                          checkpoint=Checkpointing(ws.g0_state, st.checkpoint_every, g0_fingerprint(config, ws),
+                                                   log=lambda line: console.print(f"g_0: {line}", highlight=False)))
     model.eval()
     sha = save_segmenter(model, ws.segmenter_path(0), meta={"domain": 0, "trained_on": "source"})
     target = score_on_target(model, config, device, target_val_store(config, ws.root))
     metrics = {"domain": 0, "t": 0, "target_miou": None if target is None else target["miou"],
                "target_per_class": None if target is None else target["per_class"],
                "final_loss": losses.get("final_loss") if isinstance(losses, dict) else None,
+               "resumed_from": losses.get("resumed_from") if isinstance(losses, dict) else None,
                "segmenter_sha256": sha, "wall_s": round(time.time() - started, 1)}
     write_json(ws.metrics / "g0.json", metrics)
     console.print(f"g_0: target val mIoU {metrics['target_miou']}")

@@ -8,6 +8,7 @@ import pytest
 from dasgen.config import NO_EFFECT_PARAMS, load_config
 from dasgen.pipeline.dvc_yaml import build_pipeline
 from dasgen.pipeline.workspace import Workspace
+from dasgen.stages.train_g0 import g0_fingerprint
 from dasgen.stages.translate import domain_fingerprint
 
 
@@ -33,4 +34,13 @@ def test_a_knob_without_effect_changes_no_fingerprint_and_no_stage_params(tiny_w
     same = key in NO_EFFECT_PARAMS  # sgg.lambda: a real knob, to show the checks can fail
     assert (changed.result_dict() == base.result_dict()) is same
     assert (domain_fingerprint(changed, 1, ws) == domain_fingerprint(base, 1, ws)) is same
+    assert g0_fingerprint(changed, ws) == g0_fingerprint(base, ws)  # g_0 depends on none of them (nor on sgg)
     assert (_covering(build_pipeline(changed), key) == []) is same
+
+
+def test_g0_fingerprint_holds_what_its_weights_depend_on(tiny_workspace):
+    params, ws = tiny_workspace / "params.yaml", Workspace(tiny_workspace)
+    base = g0_fingerprint(load_config(params), ws)
+    for key, value in {"segmenter.source_train.lr": 1e-3, "run.seed": 9, "ptl.t_final": 19}.items():
+        assert g0_fingerprint(load_config(params, {key: value}), ws) != base, key
+    assert g0_fingerprint(load_config(params, {"segmenter.eval_protocol": 16}), ws) == base  # scoring only
