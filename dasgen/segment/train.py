@@ -27,12 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dasgen.diffusion.schedule import NoiseSchedule
 from dasgen.diffusion.training_state import discard_finished_state, restore_training_state, save_training_state
 from dasgen.errors import CheckpointError, ConfigError, DasgenError
 from dasgen.labels import IGNORE_INDEX
+from dasgen.progress import LoopProgress
 from dasgen.segment.models import Segmenter
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -195,6 +195,8 @@ def _run(
     log_every: int,
     generator: torch.Generator | None = None,
     checkpoint: Checkpointing | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Run ``iters`` optimiser steps; ``step`` draws its batches, runs forward+backward and returns its loss terms.
 
@@ -202,8 +204,10 @@ def _run(
     ``iters`` is 0), a ``history`` of ``[iteration, {term: window mean}]`` every ``log_every`` iterations, the
     iteration it ``resumed_from`` (None for a fresh start) and the wall time. With ``checkpoint`` (and the
     ``generator`` ``step`` draws from), the state is saved every ``checkpoint.every`` iterations and at the end, and
-    a state found at start is resumed. A non-finite loss stops training with a DasgenError. The model is left in eval
-    mode.
+    a state found at start is resumed. ``on_metrics(iteration, {term: window mean})`` receives each ``history``
+    entry as it is made (a resumed run replays the restored ones first). Progress goes to ``console``
+    (:class:`~dasgen.progress.LoopProgress`). A non-finite loss stops training with a DasgenError. The model is left
+    in eval mode.
     """
     if iters < 0:
         raise ConfigError(f"segmenter training iters: must not be negative, got {iters}")
@@ -214,8 +218,6 @@ def _run(
     if checkpoint is not None and generator is None:
         raise ValueError("a checkpointed training loop needs the generator its batches are drawn from")
     log_every = max(1, log_every)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
     device = _device_of(model)
     rng = contextlib.nullcontext()
     if checkpoint is not None:  # dropout draws from the global RNG: a private copy seeded by the run, saved with it
@@ -223,11 +225,17 @@ def _run(
     started = time.perf_counter()
     model.train()
     try:
-        with rng, Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(rng)
             if checkpoint is not None:
                 torch.manual_seed(generator.initial_seed() ^ DROPOUT_SEED_SALT)
             start, per_iter = _resume(model, optimizer, generator, iters, checkpoint) if checkpoint else (0, {})
-            task = bar.add_task(description, total=iters, completed=start, loss="-")
+            if on_metrics is not None:
+                for iteration, window in _history(per_iter, start, log_every):
+                    if iteration % log_every == 0 or iteration == iters:  # as logged when they were trained
+                        on_metrics(iteration, window)
+            bar = stack.enter_context(LoopProgress(description, iters, completed=start, enabled=progress,
+                                                   console=console, loss="-"))
             for it in range(start, iters):
                 optimizer.zero_grad(set_to_none=True)
                 terms = step()
@@ -238,9 +246,11 @@ def _run(
                 for name, value in {"loss": total, **terms}.items():
                     per_iter.setdefault(name, []).append(value)
                 if (it + 1) % log_every == 0 or it + 1 == iters:
-                    window = per_iter["loss"][-log_every:]
-                    bar.update(task, loss=f"{sum(window) / len(window):.4f}")
-                bar.advance(task)
+                    window = {k: sum(v[-log_every:]) / len(v[-log_every:]) for k, v in per_iter.items()}
+                    bar.fields["loss"] = f"{window['loss']:.4f}"
+                    if on_metrics is not None:
+                        on_metrics(it + 1, window)
+                bar.advance()
                 if checkpoint is not None and (it + 1 == iters or (it + 1) % max(1, checkpoint.every) == 0):
                     _save(model, optimizer, generator, it + 1, iters, per_iter, checkpoint)
     finally:
@@ -271,12 +281,15 @@ def train_source(
     progress: bool = True,
     log_every: int = 50,
     checkpoint: Checkpointing | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Train g_0 on the labelled source (Sec. 4.4) with CE (ignore 255) and the Supp. C augmentation.
 
     ``sample_batch(generator)`` gives source batches; ``augment`` is None or the kwargs of
     :func:`noisy_masked_augment` (schedule, max_t, fraction). The model trains in train mode and is left in eval
-    mode. ``checkpoint``: save and resume the training state (:class:`Checkpointing`). Returns ``{"first_loss",
+    mode. ``checkpoint``: save and resume the training state (:class:`Checkpointing`); ``on_metrics``, ``console``:
+    see :func:`_run`. Returns ``{"first_loss",
     "final_loss", "iters", "history", "resumed_from", "seconds"}``.
     """
     device = _device_of(model)
@@ -290,7 +303,7 @@ def train_source(
         return {"src": loss.item()}
 
     result = _run(model, step, opt, iters=iters, description="g_0 (source)", progress=progress, log_every=log_every,
-                  generator=generator, checkpoint=checkpoint)
+                  generator=generator, checkpoint=checkpoint, on_metrics=on_metrics, console=console)
     return {k: v for k, v in result.items() if not k.endswith("_src")}
 
 
@@ -309,6 +322,8 @@ def finetune(
     progress: bool = True,
     log_every: int = 50,
     description: str = "fine-tune",
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Eq. 12: g_n -> g_{n+1} with L_ft = L_ce(g(X^{n+1}), Y^S) + L_ce(g(X^S), Y^S).
 
@@ -333,4 +348,5 @@ def finetune(
             terms[name] = loss.item()
         return terms
 
-    return _run(model, step, opt, iters=iters, description=description, progress=progress, log_every=log_every)
+    return _run(model, step, opt, iters=iters, description=description, progress=progress, log_every=log_every,
+                on_metrics=on_metrics, console=console)

@@ -23,6 +23,7 @@ from dasgen.pipeline.chains import base_schedule
 from dasgen.pipeline.code_deps import code_sha256
 from dasgen.pipeline.common import resolve_device, target_reader, write_json
 from dasgen.pipeline.diffusion_fidelity import round_trip
+from dasgen.pipeline.live import live_dir, live_metrics, warner as _warner
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_bytes
 
@@ -36,6 +37,8 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
     if d.pretrained:
         unet = load_denoiser(ws.root / d.pretrained, device="cpu")
         sha = save_denoiser(unet, ws.diffusion_model)
+        with live_metrics(live_dir(ws, "diffusion"), warn=_warner(console, "diffusion")):
+            pass  # nothing trained: empty training metrics, so the files dvc.yaml declares exist
         metrics = {"pretrained": d.pretrained, "model_sha256": sha,
                    "roundtrip": round_trip(config, make_eps_fn(unet.to(device)), ws.root, device, ws.roundtrip_png)}
         write_json(ws.metrics / "diffusion.json", metrics)
@@ -63,12 +66,14 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
     schedule = base_schedule(config)
     if d.train.max_timestep is not None:  # deviation: learn only the noise levels the domains use
         schedule = schedule.truncated(d.train.max_timestep)
-    result = train_ddpm(unet, sample_batch, schedule, steps=d.train.steps,
-                        batch_size=d.train.batch_size, lr=d.train.lr, adam_betas=tuple(d.train.adam_betas),
-                        ema_decay=d.train.ema_decay, lr_schedule=d.train.lr_schedule, seed=config.run.seed,
-                        work_dir=ws.diffusion_state, checkpoint_every=d.train.checkpoint_every, log_path=log_path,
-                        progress=progress, extra_fingerprint={"code_sha256": code_sha256("train_diffusion")},
-                        log=lambda line: console.print(f"diffusion: {line}", highlight=False))
+    with live_metrics(live_dir(ws, "diffusion"), warn=_warner(console, "diffusion")) as on_metrics:
+        result = train_ddpm(unet, sample_batch, schedule, steps=d.train.steps,
+                            batch_size=d.train.batch_size, lr=d.train.lr, adam_betas=tuple(d.train.adam_betas),
+                            ema_decay=d.train.ema_decay, lr_schedule=d.train.lr_schedule, seed=config.run.seed,
+                            work_dir=ws.diffusion_state, checkpoint_every=d.train.checkpoint_every,
+                            log_path=log_path, progress=progress, console=console, on_metrics=on_metrics,
+                            extra_fingerprint={"code_sha256": code_sha256("train_diffusion")},
+                            log=lambda line: console.print(f"diffusion: {line}", highlight=False))
     sha = save_denoiser(result.model, ws.diffusion_model)
     ws.metrics.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(ws.metrics / "diffusion_loss.csv", log_path.read_bytes())  # never a torn copy

@@ -24,6 +24,7 @@ from dasgen.segment.checkpoint import save_segmenter
 from dasgen.segment.train import Checkpointing, train_source
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.code_deps import code_sha256
+from dasgen.pipeline.live import live_dir, live_metrics, warner
 from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.pipeline.segmenters import new_segmenter, on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
@@ -58,11 +59,13 @@ def run_train_g0(config: Config, ws: Workspace, *, progress: bool = True, consol
     sample_batch = on_device(store.sampler(st.batch_size), device)
 
     console.print(f"g_0: {config.segmenter.arch} on {len(entries)} source pairs, {st.iters} iterations on {device}")
-    losses = train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum,
-                          weight_decay=st.weight_decay, optimizer=st.optimizer,
-                          augment=augment_settings(config, st.aug_fraction), generator=generator, progress=progress,
-                          checkpoint=Checkpointing(ws.g0_state, st.checkpoint_every, g0_fingerprint(config, ws),
-                                                   log=lambda line: console.print(f"g_0: {line}", highlight=False)))
+    checkpoint = Checkpointing(ws.g0_state, st.checkpoint_every, g0_fingerprint(config, ws),
+                               log=lambda line: console.print(f"g_0: {line}", highlight=False))
+    with live_metrics(live_dir(ws, "g0"), warn=warner(console, "g_0")) as on_metrics:
+        losses = train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum,
+                              weight_decay=st.weight_decay, optimizer=st.optimizer,
+                              augment=augment_settings(config, st.aug_fraction), generator=generator,
+                              progress=progress, checkpoint=checkpoint, on_metrics=on_metrics, console=console)
     model.eval()
     sha = save_segmenter(model, ws.segmenter_path(0), meta={"domain": 0, "trained_on": "source"})
     target = score_on_target(model, config, device, target_val_store(config, ws.root))

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import dasgen
 from dasgen.config import Config
@@ -36,6 +35,7 @@ from dasgen.diffusion.unet import WEIGHTS_NAME, load_denoiser, make_eps_fn, veri
 from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.errors import CheckpointError, DasgenError
 from dasgen.guidance.sampler import autocast_denoiser, translate
+from dasgen.progress import LoopProgress
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
@@ -46,6 +46,7 @@ from dasgen.pipeline.code_deps import code_sha256
 from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
 from dasgen.pipeline.guided import domain_guidance, sampler_options
+from dasgen.pipeline.live import live_dir, live_metrics, warner
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
@@ -146,11 +147,6 @@ def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: 
     return False
 
 
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled)
-
-
 def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
                      ctx: DistContext, device: torch.device, console: Console, progress: bool) -> int:
     """Translate this rank's pending batches of ``plan.ids`` into ``writer``; returns the number of images written."""
@@ -172,9 +168,9 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
     # no rank idles at the barrier for hours. A batch's content is fixed, so which rank runs it never shows.
     mine = pending[ctx.rank::ctx.world_size]
     todo = sum(len(b) for b in mine)
-    written, started = 0, time.time()
-    with _progress(console, progress and ctx.is_main) as bar:
-        task = bar.add_task(f"domain {plan.n} (t={plan.t}, {plan.steps} steps)", total=todo, rate="")
+    written = 0
+    with LoopProgress(f"domain {plan.n} (t={plan.t}, {plan.steps} steps)", todo, unit="img",
+                      enabled=progress and ctx.is_main, console=console) as bar:
         for batch in mine:
             x0, labels = store.batch(batch)
             generators = [image_generator(config.run.seed, plan.n, i) for i in batch]
@@ -200,13 +196,13 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
                                        height=images[k].shape[0], width=images[k].shape[1],
                                        consistency=image_consistency(preds[k], labels[k])), images[k])
                 written += 1
-            rate = written / max(time.time() - started, 1e-9)
-            bar.update(task, advance=len(batch), rate=f"{rate:.2f} img/s")
+            bar.advance(len(batch))
     return written
 
 
 def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
-                       device: torch.device, progress: bool, ctx: DistContext = DistContext()):
+                       device: torch.device, progress: bool, ctx: DistContext = DistContext(),
+                       console: Console | None = None):
     """Eq. 12: g_{n-1} -> g_n on (X^n, Y^S) plus (X^S, Y^S) unless ``ptl.finetune.use_src_loss`` is false.
 
     Under torchrun every rank calls it: the batches are split over the ranks by
@@ -234,10 +230,13 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
     sample_source = on_device(source_sampler, device)
 
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, plan.n, "finetune"))
-    losses = finetune(trained, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters, lr=ft.lr,
-                      momentum=ft.momentum, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
-                      augment=augment_settings(config, ft.aug_fraction),
-                      generator=generator, progress=progress)
+    # g_n's losses while it trains, for dvc plots (rank 0 writes them; every rank computes the same numbers)
+    with live_metrics(live_dir(ws, ws.domain_metrics(plan.n, config.ptl.N).stem), enabled=ctx.is_main,
+                      warn=warner(console or Console(stderr=True), f"g_{plan.n}")) as on_metrics:
+        losses = finetune(trained, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters,
+                          lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
+                          augment=augment_settings(config, ft.aug_fraction), generator=generator, progress=progress,
+                          description=f"fine-tune g_{plan.n}", on_metrics=on_metrics, console=console)
     model.eval()
     return model, losses
 
@@ -269,7 +268,8 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     ctx.barrier()
     translate_s = time.time() - started
     writer = DomainWriter(out, image_format=config.ptl.image_format, rank=ctx.rank, world_size=ctx.world_size)
-    model, losses = finetune_segmenter(config, ws, plan, store, writer, device, progress and ctx.is_main, ctx)
+    model, losses = finetune_segmenter(config, ws, plan, store, writer, device, progress and ctx.is_main, ctx,
+                                       console)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 writes g_n and finalises; the next domain of a --domains range needs g_n
         return {}
