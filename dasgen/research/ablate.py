@@ -244,7 +244,8 @@ def prepare_seed(spec: AblationSpec, seed: int, shared: Workspace, *, console: C
 
 def oracle_fingerprint(config: Config, oracle_toy: Path) -> dict:
     """What the oracle's weights depend on: g_0's recipe (:func:`g0_fingerprint`) on the oracle toy's target images."""
-    recipe = {k: v for k, v in g0_fingerprint(config, Workspace(oracle_toy)).items() if k != "source"}
+    recipe = {k: v for k, v in g0_fingerprint(config, Workspace(oracle_toy), {}).items()
+              if k not in ("source", "source_content_sha256")}
     return recipe | {"trained_on": {"kind": config.data.target.kind, "split": "val"}}  # of the spec's own oracle toy
 
 

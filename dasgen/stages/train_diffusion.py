@@ -26,11 +26,21 @@ from dasgen.pipeline.diffusion_fidelity import round_trip
 from dasgen.pipeline.live import live_dir, live_metrics, warner as _warner
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_bytes
+from dasgen.io.lock import directory_lock
 
 
 def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
                         console: Console | None = None) -> dict:
+    """Train (or copy the pretrained) DDPM into ``data/diffusion``, holding an OS lock on that directory: a second
+    ``train-diffusion`` into the same workspace stops at once with one line, before it writes anything."""
     console = console or Console(stderr=True)
+    ws.diffusion_dir.mkdir(parents=True, exist_ok=True)
+    with directory_lock(ws.diffusion_dir, busy=f"{ws.diffusion_dir}: another `dasgen train-diffusion` is training "
+                        "into it right now; wait for it to finish (or stop it), then rerun"):
+        return _train_diffusion(config, ws, progress=progress, console=console)
+
+
+def _train_diffusion(config: Config, ws: Workspace, *, progress: bool, console: Console) -> dict:
     d = config.diffusion
     device = resolve_device(config.run.device)
     started = time.time()
@@ -73,7 +83,8 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
                             work_dir=ws.diffusion_state, checkpoint_every=d.train.checkpoint_every,
                             log_path=log_path, progress=progress, console=console, on_metrics=on_metrics,
                             extra_fingerprint={"code_sha256": code_sha256("train_diffusion")},
-                            log=lambda line: console.print(f"diffusion: {line}", highlight=False))
+                            log=lambda line: console.print(f"diffusion: {line}", highlight=False,
+                                                              soft_wrap=True))
     sha = save_denoiser(result.model, ws.diffusion_model)
     ws.metrics.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(ws.metrics / "diffusion_loss.csv", log_path.read_bytes())  # never a torn copy

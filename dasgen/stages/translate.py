@@ -47,6 +47,7 @@ from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_de
 from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
 from dasgen.pipeline.guided import domain_guidance, sampler_options
 from dasgen.pipeline.live import live_dir, live_metrics, warner
+from dasgen.pipeline.source_content import check_unchanged, content_sha256
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
@@ -96,12 +97,15 @@ def image_consistency(pred: torch.Tensor, label: torch.Tensor) -> float:
     return float(sum(present) / len(present)) if present else 1.0
 
 
-def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
+def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dict | None = None) -> dict:
     """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh.
 
     Built from :meth:`Config.result_dict` (no memory or batching knob; an option added off leaves the fingerprint of
-    finished domains unchanged) and the meaning of the stage's code (:func:`code_sha256`: a comment or docstring edit
-    keeps finished domains, a real change redoes them)."""
+    finished domains unchanged), the meaning of the stage's code (:func:`code_sha256`: a comment or docstring edit
+    keeps finished domains, a real change redoes them) and the source content the scan hashed (``source_record``,
+    read from ``data/source_pairs.json`` when not given)."""
+    if source_record is None:
+        source_record = json.loads(ws.source_pairs.read_text()) if ws.source_pairs.is_file() else {}
     d = config.result_dict()
     writer_of_g = "dasgen train-g0" if n == 1 else f"dasgen translate --domain {n - 1}"
     return {
@@ -110,6 +114,7 @@ def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
         "params": {"ptl": d["ptl"], "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
                    "source": d["data"]["source"] | {"root": canonical_root(config.data.source.root, ws.root)},
                    "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
+        "source_content_sha256": content_sha256(source_record),
         "diffusion_sha256": sha256_file(_required(ws.diffusion_model / WEIGHTS_NAME,
                                                   "dasgen train-diffusion")),
         "segmenter_in_sha256": sha256_file(_required(ws.segmenter_path(n - 1, config.ptl.N), writer_of_g)),
@@ -252,7 +257,9 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     entries, source_record = load_source_pairs(ws, config)
     plan = plan_domain(config, n, [e.id for e in entries])
     out = ws.domain_dir(n, config.ptl.N)
-    fingerprint = domain_fingerprint(config, n, ws)
+    if (out / FINGERPRINT_FILE).is_file():  # earlier work to resume or call complete: not from a stale scan
+        check_unchanged(source_record, ws.root / config.data.source.root, entries)
+    fingerprint = domain_fingerprint(config, n, ws, source_record)
     verify_denoiser_checksum(ws.diffusion_model, required=True)  # before anything is written or cleared
     if _prepare_directory(out, fingerprint, ctx, console):
         console.print(f"domain {n}: already complete, nothing to do")
@@ -300,7 +307,8 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
         "segmenter_in_sha256": fingerprint["segmenter_in_sha256"],
         "segmenter_out_sha256": sha_out,
         "source": {k: source_record[k] for k in ("kind", "root", "split")}
-        | {"pairs_used": len(plan.ids), "pairs_usable": len(entries), "skipped": source_record["skipped"]},
+        | {"pairs_used": len(plan.ids), "pairs_usable": len(entries), "skipped": source_record["skipped"],
+           "content_sha256": fingerprint["source_content_sha256"]},  # the scan's digest: export can check it
     }
     writer.finalize(metrics=metrics, provenance=provenance)
     write_json(ws.domain_metrics(n, config.ptl.N), {k: v for k, v in metrics.items() if k != "target_per_class"})
