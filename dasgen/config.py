@@ -205,6 +205,9 @@ class PTLConfig:
     image_format: Literal["png", "parquet"] = "png"  # parquet shards scale better under DVC
     domains_per_stage: int = knob(1, min=1)  # group domains per DVC stage to keep 600-domain pipelines fast
     unet_bf16: bool = False  # deviation: U-Net forward under bf16 autocast (for CUDA); paper: float32
+    # which g_n stay on disk: all | stage_last (each DVC stage's last domain, g_{N-1} and g_N: what the next stage,
+    # the sheet and a resume need; the rest are removed once the next domain is made). Disk saved: docs/scale-out.md
+    keep_segmenters: Literal["all", "stage_last"] = knob("all", hashed_when_off=False)
     finetune: FinetuneConfig = section(FinetuneConfig)
 
 

@@ -37,7 +37,7 @@ from dasgen.errors import CheckpointError, DasgenError
 from dasgen.guidance.sampler import autocast_denoiser, translate
 from dasgen.progress import LoopProgress
 from dasgen.seeding import image_generator, image_seed
-from dasgen.segment.checkpoint import load_segmenter, save_segmenter
+from dasgen.segment.checkpoint import load_segmenter, save_segmenter, sidecar_path
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune
 from dasgen.pipeline.augment import augment_settings
@@ -107,18 +107,73 @@ def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dic
     if source_record is None:
         source_record = json.loads(ws.source_pairs.read_text()) if ws.source_pairs.is_file() else {}
     d = config.result_dict()
-    writer_of_g = "dasgen train-g0" if n == 1 else f"dasgen translate --domain {n - 1}"
+    ptl = {k: v for k, v in d["ptl"].items() if k != "keep_segmenters"}  # which files stay, not what they hold
     return {
         "n": n,
         "code_sha256": code_sha256("domain"),
-        "params": {"ptl": d["ptl"], "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
+        "params": {"ptl": ptl, "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
                    "source": d["data"]["source"] | {"root": canonical_root(config.data.source.root, ws.root)},
                    "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
         "source_content_sha256": content_sha256(source_record),
         "diffusion_sha256": sha256_file(_required(ws.diffusion_model / WEIGHTS_NAME,
                                                   "dasgen train-diffusion")),
-        "segmenter_in_sha256": sha256_file(_required(ws.segmenter_path(n - 1, config.ptl.N), writer_of_g)),
+        "segmenter_in_sha256": _segmenter_sha256(config, ws, n - 1),
     }
+
+
+def _segmenter_sha256(config: Config, ws: Workspace, n: int) -> str:
+    """sha256 of g_n: of its file, or as domain n's provenance recorded it when ``ptl.keep_segmenters`` removed it."""
+    path = ws.segmenter_path(n, config.ptl.N)
+    if n >= 1 and not path.is_file():
+        provenance = ws.domain_dir(n, config.ptl.N) / "provenance.json"
+        recorded = json.loads(provenance.read_text()).get("segmenter_out_sha256") if provenance.is_file() else None
+        if isinstance(recorded, str) and (ws.domain_dir(n, config.ptl.N) / CHECKSUMS_FILE).is_file():
+            return recorded
+    return sha256_file(_required(path, "dasgen train-g0" if n == 0 else f"dasgen translate --domain {n}"))
+
+
+def keeps_segmenter(config: Config, n: int) -> bool:
+    """Whether g_n stays on disk once domain n+1 is made: always with ``ptl.keep_segmenters: all``; with
+    ``stage_last`` only for the last domain of each DVC stage (the next stage's input, and where a re-run of a stage
+    starts from), g_{N-1} (the contact sheet's guide) and g_N (the final segmenter)."""
+    ptl = config.ptl
+    return ptl.keep_segmenters == "all" or n >= ptl.N - 1 or n % ptl.domains_per_stage == 0
+
+
+def prune_segmenter(config: Config, ws: Workspace, n: int) -> bool:
+    """Remove g_n (and its sidecar) when :func:`keeps_segmenter` says so; call once domain n+1 is complete.
+
+    The domain's ``checksums.json`` drops the two files first (``verify`` then still passes), and its provenance
+    keeps g_n's sha256 for the next domain's fingerprint. Idempotent: a run killed half-way finishes the job on the
+    next call. Returns True when something was removed."""
+    if n < 1 or keeps_segmenter(config, n):
+        return False
+    directory = ws.domain_dir(n, config.ptl.N)
+    files = [ws.segmenter_path(n, config.ptl.N), sidecar_path(ws.segmenter_path(n, config.ptl.N))]
+    names = {path.name for path in files}
+    checksums = directory / CHECKSUMS_FILE
+    record = json.loads(checksums.read_text()) if checksums.is_file() else None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        return False  # not a finished domain: nothing to prune safely
+    if names & set(record["files"]):
+        record["files"] = {k: v for k, v in record["files"].items() if k not in names}
+        write_json(checksums, record)
+    present = [path for path in files if path.exists()]
+    for path in present:
+        path.unlink()
+    return bool(present)
+
+
+def _complete_with(out: Path, fingerprint: dict) -> bool:
+    """Whether ``out`` holds a finished domain made with ``fingerprint`` (as ``_prepare_directory`` decides it)."""
+    marker = out / FINGERPRINT_FILE
+    try:
+        same = marker.is_file() and json.loads(marker.read_text()) == fingerprint
+    except ValueError:
+        return False
+    return same and all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json",
+                                                             CHECKSUMS_FILE)) \
+        and not any((out / name).exists() for name in (JOURNAL_DIR, STAGING_DIR, ".trash"))
 
 
 def _required(path: Path, stage: str) -> Path:
@@ -261,8 +316,18 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
         check_unchanged(source_record, ws.root / config.data.source.root, entries)
     fingerprint = domain_fingerprint(config, n, ws, source_record)
     verify_denoiser_checksum(ws.diffusion_model, required=True)  # before anything is written or cleared
+    g_prev = ws.segmenter_path(n - 1, config.ptl.N)
+    if not g_prev.is_file() and not _complete_with(out, fingerprint):  # removed by ptl.keep_segmenters
+        first = n - 1 - (n - 1) % config.ptl.domains_per_stage + 1  # after the last g that is kept
+        dirs = ws.domain_dir(first, config.ptl.N) if first == n - 1 else \
+            f"{ws.domain_dir(first, config.ptl.N)} .. {ws.domain_dir(n - 1, config.ptl.N).name}"
+        raise CheckpointError(f"{g_prev}: removed to save disk (ptl.keep_segmenters: stage_last), and domain {n} "
+                              f"must be made again from it; remove {dirs} and run "
+                              f"`dasgen translate --domains {first}-{n}`")
     if _prepare_directory(out, fingerprint, ctx, console):
         console.print(f"domain {n}: already complete, nothing to do")
+        if ctx.is_main and prune_segmenter(config, ws, n - 1):
+            console.print(f"domain {n}: g_{n - 1} removed (ptl.keep_segmenters: stage_last)")
         metrics = json.loads((out / "metrics.json").read_text())
         if ctx.is_main and not ws.domain_metrics(n, config.ptl.N).is_file():  # killed just before writing it
             write_json(ws.domain_metrics(n, config.ptl.N),
@@ -315,5 +380,7 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     console.print(f"domain {n}/{config.ptl.N}: t={plan.t}, {len(plan.ids)} images, consistency "
                   f"{metrics['consistency']:.3f}, g_{n} target mIoU "
                   f"{'n/a' if target is None else format(target['miou'], '.3f')}, {metrics['wall_s']} s")
+    if prune_segmenter(config, ws, n - 1):
+        console.print(f"domain {n}: g_{n - 1} removed (ptl.keep_segmenters: stage_last)")
     ctx.barrier()  # release the other ranks only once g_n and the artifact are on disk
     return metrics

@@ -85,9 +85,11 @@ def test_an_option_added_off_leaves_the_hash_of_runs_that_do_not_use_it():
     without = config.to_dict()
     assert without["sgg"].pop("step_rms") is None
     assert without["segmenter"]["source_train"].pop("checkpoint_every") == 500  # added later too, at its default
+    assert without["ptl"].pop("keep_segmenters") == "all"
     assert config.sha256() == hashlib.sha256(json.dumps(without, sort_keys=True).encode()).hexdigest()
     assert config_from_dict({"sgg": {"step_rms": 0.2}}).sha256() != config.sha256()
     assert config_from_dict({"segmenter": {"source_train": {"checkpoint_every": 50}}}).sha256() != config.sha256()
+    assert config_from_dict({"ptl": {"keep_segmenters": "stage_last"}}).sha256() != config.sha256()
     assert config_from_dict({"sgg": {"max_step": None}}).sha256() != config.sha256()  # other options: always hashed
     assert config.hashed_dict()["sgg"] == without["sgg"]  # what fingerprints are built from
     with pytest.raises(TypeError, match="scalar default"):  # a list default could never compare equal: refused
