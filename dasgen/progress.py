@@ -50,11 +50,11 @@ class LoopProgress:
                  enabled: bool = True, console: Console | None = None, interval_s: float | None = None,
                  **fields: Any) -> None:
         self.description, self.total, self.done, self.unit = description, total, completed, unit
-        self.enabled = enabled
         self.console = console or Console(stderr=True)
         self.interval_s = plain_interval() if interval_s is None else interval_s
         self.fields = dict(fields)
         self._start_done = completed
+        self.enabled = enabled and total > 0  # a loop with nothing to do (a resumed, finished one) stays silent
         self._bar: Progress | None = None
         self._task = None
         self._started = self._last = 0.0

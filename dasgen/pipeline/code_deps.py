@@ -47,8 +47,9 @@ RESULT_CODE: dict[str, tuple[str, ...]] = {
     "domain": STAGE_ENTRIES["domain"],
 }
 # Left out of every code hash: config.py only parses params, and every param value a stage uses is in its fingerprint
-# already -- so adding an option (off by default) keeps finished work, as Config.hashed_dict intends.
-NOT_CODE_HASHED = ("config.py",)
+# already -- so adding an option (off by default) keeps finished work, as Config.hashed_dict intends. The others only
+# show progress, log metrics or lock directories: no edit to them can change a weight or a pixel.
+NOT_CODE_HASHED = ("config.py", "progress.py", "pipeline/live.py", "io/lock.py")
 
 
 def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
