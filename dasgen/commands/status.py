@@ -19,6 +19,7 @@ from dasgen.config import Config
 from dasgen.diffusion.training_state import STATE_JSON
 from dasgen.diffusion.unet import WEIGHTS_NAME
 from dasgen.errors import DasgenError
+from dasgen.io.atomic import sha256_file
 from dasgen.pipeline.chains import domain_chain
 from dasgen.pipeline.workspace import Workspace
 from dasgen.stages.translate import FINGERPRINT_FILE, domain_fingerprint, domain_ids
@@ -91,6 +92,7 @@ def run_status(config: Config, ws: Workspace) -> RunStatus:
                                ws.g0_state, config.segmenter.source_train.iters, "iteration")))
 
     seconds, work, remaining, stale = 0.0, 0, 0, False
+    known: dict[str, str] = {}  # digests hashed once (the DDPM, g_0) or read from the previous domain's provenance
     for n in range(1, config.ptl.N + 1):
         directory = ws.domain_dir(n, config.ptl.N)
         steps = len(domain_chain(config, n))
@@ -100,7 +102,7 @@ def run_status(config: Config, ws: Workspace) -> RunStatus:
             if metrics.get("images_translated_this_run") == metrics.get("images") and metrics.get("wall_s"):
                 seconds += float(metrics["wall_s"])  # a whole domain timed in one run: a fair rate sample
                 work += int(metrics.get("images", images)) * int(metrics.get("reverse_steps", steps))
-            stale = stale or _made_otherwise(config, ws, n, directory)
+            stale = stale or _made_otherwise(config, ws, n, directory, scan or {}, known)
             if stale:
                 add((f"domain {n}", "complete, but made with other params or code: will be redone"))
                 remaining += images * steps
@@ -124,9 +126,19 @@ def run_status(config: Config, ws: Workspace) -> RunStatus:
     return status
 
 
-def _made_otherwise(config: Config, ws: Workspace, n: int, directory: Path) -> bool:
-    """True when domain n's marker differs from what the current params, inputs and code give (translate redoes it)."""
+def _made_otherwise(config: Config, ws: Workspace, n: int, directory: Path, scan: dict,
+                    known: dict[str, str]) -> bool:
+    """True when domain n's marker differs from what the current params, inputs and code give (translate redoes it).
+
+    Each file is hashed at most once: the DDPM and g_0 here, g_{n-1} (n >= 2) as domain n-1 recorded it."""
     try:
-        return _json(directory / FINGERPRINT_FILE) != domain_fingerprint(config, n, ws)
-    except DasgenError:  # its inputs are gone: it cannot be checked, nor redone until they are back
+        if "diffusion" not in known:
+            known["diffusion"] = sha256_file(ws.diffusion_model / WEIGHTS_NAME)
+        if n == 1:
+            known["segmenter_in"] = sha256_file(ws.segmenter_path(0))
+        else:
+            recorded = (_json(ws.domain_dir(n - 1, config.ptl.N) / "provenance.json") or {}).get("segmenter_out_sha256")
+            known["segmenter_in"] = recorded if isinstance(recorded, str) else ""
+        return _json(directory / FINGERPRINT_FILE) != domain_fingerprint(config, n, ws, scan, known_sha256=known)
+    except (DasgenError, OSError):  # its inputs are gone: it cannot be checked, nor redone until they are back
         return False

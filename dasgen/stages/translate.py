@@ -97,13 +97,16 @@ def image_consistency(pred: torch.Tensor, label: torch.Tensor) -> float:
     return float(sum(present) / len(present)) if present else 1.0
 
 
-def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dict | None = None) -> dict:
+def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dict | None = None, *,
+                       known_sha256: dict[str, str] | None = None) -> dict:
     """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh.
 
     Built from :meth:`Config.result_dict` (no memory or batching knob; an option added off leaves the fingerprint of
     finished domains unchanged), the meaning of the stage's code (:func:`code_sha256`: a comment or docstring edit
     keeps finished domains, a real change redoes them) and the source content the scan hashed (``source_record``,
-    read from ``data/source_pairs.json`` when not given)."""
+    read from ``data/source_pairs.json`` when not given). ``known_sha256`` (``{"diffusion": ..., "segmenter_in":
+    ...}``) spares hashing files whose digest the caller has (``dasgen status`` over 600 domains)."""
+    known = known_sha256 or {}
     if source_record is None:
         source_record = json.loads(ws.source_pairs.read_text()) if ws.source_pairs.is_file() else {}
     d = config.result_dict()
@@ -115,9 +118,9 @@ def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dic
                    "source": d["data"]["source"] | {"root": canonical_root(config.data.source.root, ws.root)},
                    "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
         "source_content_sha256": content_sha256(source_record),
-        "diffusion_sha256": sha256_file(_required(ws.diffusion_model / WEIGHTS_NAME,
-                                                  "dasgen train-diffusion")),
-        "segmenter_in_sha256": _segmenter_sha256(config, ws, n - 1),
+        "diffusion_sha256": known.get("diffusion") or sha256_file(_required(ws.diffusion_model / WEIGHTS_NAME,
+                                                                           "dasgen train-diffusion")),
+        "segmenter_in_sha256": known.get("segmenter_in") or _segmenter_sha256(config, ws, n - 1),
     }
 
 
