@@ -289,8 +289,7 @@ def train_source(
     ``sample_batch(generator)`` gives source batches; ``augment`` is None or the kwargs of
     :func:`noisy_masked_augment` (schedule, max_t, fraction). The model trains in train mode and is left in eval
     mode. ``checkpoint``: save and resume the training state (:class:`Checkpointing`); ``on_metrics``, ``console``:
-    see :func:`_run`. Returns ``{"first_loss",
-    "final_loss", "iters", "history", "resumed_from", "seconds"}``.
+    see :func:`_run`. Returns ``{"first_loss", "final_loss", "iters", "history", "resumed_from", "seconds"}``.
     """
     device = _device_of(model)
     opt = make_optimizer(model, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)

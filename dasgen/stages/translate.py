@@ -37,7 +37,7 @@ from dasgen.errors import CheckpointError, DasgenError
 from dasgen.guidance.sampler import autocast_denoiser, translate
 from dasgen.progress import LoopProgress
 from dasgen.seeding import image_generator, image_seed
-from dasgen.segment.checkpoint import load_segmenter, save_segmenter, sidecar_path
+from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune
 from dasgen.pipeline.augment import augment_settings
@@ -49,6 +49,7 @@ from dasgen.pipeline.guided import domain_guidance, sampler_options
 from dasgen.pipeline.live import live_dir, live_metrics, warner
 from dasgen.pipeline.source_content import check_unchanged, content_sha256
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
+from dasgen.pipeline.keep_segmenters import prune_segmenter, recorded_segmenter_sha256
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
@@ -125,46 +126,10 @@ def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dic
 
 
 def _segmenter_sha256(config: Config, ws: Workspace, n: int) -> str:
-    """sha256 of g_n: of its file, or as domain n's provenance recorded it when ``ptl.keep_segmenters`` removed it."""
+    """sha256 of g_n: of its file, or as domain n recorded it when ``ptl.keep_segmenters`` removed the file."""
     path = ws.segmenter_path(n, config.ptl.N)
-    if n >= 1 and not path.is_file():
-        provenance = ws.domain_dir(n, config.ptl.N) / "provenance.json"
-        recorded = json.loads(provenance.read_text()).get("segmenter_out_sha256") if provenance.is_file() else None
-        if isinstance(recorded, str) and (ws.domain_dir(n, config.ptl.N) / CHECKSUMS_FILE).is_file():
-            return recorded
-    return sha256_file(_required(path, "dasgen train-g0" if n == 0 else f"dasgen translate --domain {n}"))
-
-
-def keeps_segmenter(config: Config, n: int) -> bool:
-    """Whether g_n stays on disk once domain n+1 is made: always with ``ptl.keep_segmenters: all``; with
-    ``stage_last`` only for the last domain of each DVC stage (the next stage's input, and where a re-run of a stage
-    starts from), g_{N-1} (the contact sheet's guide) and g_N (the final segmenter)."""
-    ptl = config.ptl
-    return ptl.keep_segmenters == "all" or n >= ptl.N - 1 or n % ptl.domains_per_stage == 0
-
-
-def prune_segmenter(config: Config, ws: Workspace, n: int) -> bool:
-    """Remove g_n (and its sidecar) when :func:`keeps_segmenter` says so; call once domain n+1 is complete.
-
-    The domain's ``checksums.json`` drops the two files first (``verify`` then still passes), and its provenance
-    keeps g_n's sha256 for the next domain's fingerprint. Idempotent: a run killed half-way finishes the job on the
-    next call. Returns True when something was removed."""
-    if n < 1 or keeps_segmenter(config, n):
-        return False
-    directory = ws.domain_dir(n, config.ptl.N)
-    files = [ws.segmenter_path(n, config.ptl.N), sidecar_path(ws.segmenter_path(n, config.ptl.N))]
-    names = {path.name for path in files}
-    checksums = directory / CHECKSUMS_FILE
-    record = json.loads(checksums.read_text()) if checksums.is_file() else None
-    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
-        return False  # not a finished domain: nothing to prune safely
-    if names & set(record["files"]):
-        record["files"] = {k: v for k, v in record["files"].items() if k not in names}
-        write_json(checksums, record)
-    present = [path for path in files if path.exists()]
-    for path in present:
-        path.unlink()
-    return bool(present)
+    recorded = None if path.is_file() else recorded_segmenter_sha256(config, ws, n)
+    return recorded or sha256_file(_required(path, "dasgen train-g0" if n == 0 else f"dasgen translate --domain {n}"))
 
 
 def _complete_with(out: Path, fingerprint: dict) -> bool:
