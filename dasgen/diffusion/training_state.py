@@ -24,14 +24,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save
 
 from dasgen.errors import CheckpointError
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_json, sha256_file
+
+if TYPE_CHECKING:  # diffusers takes seconds to import: the segmenter trainings, which never use an EMA, skip it
+    from diffusers.training_utils import EMAModel
 
 STATE_JSON = "training_state.json"
 FORMAT_VERSION = 1

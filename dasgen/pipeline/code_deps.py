@@ -45,6 +45,7 @@ RESULT_CODE: dict[str, tuple[str, ...]] = {
                         "dasgen.datasets.registry", "dasgen.pipeline.chains", "dasgen.seeding"),
     "train_g0": STAGE_ENTRIES["train_g0"],
     "domain": STAGE_ENTRIES["domain"],
+    "roundtrip": ("dasgen.pipeline.diffusion_fidelity",),  # the DDPM's round trip, kept with its training state
 }
 # Left out of every code hash: config.py only parses params, and every param value a stage uses is in its fingerprint
 # already -- so adding an option (off by default) keeps finished work, as Config.hashed_dict intends. The others only

@@ -9,6 +9,7 @@ With ``diffusion.pretrained`` set, a user's own diffusers UNet2DModel is checked
 
 from __future__ import annotations
 
+import json
 import time
 
 from rich.console import Console
@@ -21,12 +22,14 @@ from dasgen.errors import ConfigError
 from dasgen.seeding import image_seed
 from dasgen.pipeline.chains import base_schedule
 from dasgen.pipeline.code_deps import code_sha256
-from dasgen.pipeline.common import resolve_device, target_reader, write_json
+from dasgen.pipeline.common import canonical_root, resolve_device, target_reader, write_json
 from dasgen.pipeline.diffusion_fidelity import round_trip
 from dasgen.pipeline.live import live_dir, live_metrics, warner as _warner
 from dasgen.pipeline.workspace import Workspace
-from dasgen.io.atomic import atomic_write_bytes
+from dasgen.io.atomic import atomic_write_bytes, sha256_file
 from dasgen.io.lock import directory_lock
+
+ROUNDTRIP_RECORD = "roundtrip.json"  # the round trip's figures and what they were computed from (_round_trip)
 
 
 def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
@@ -40,6 +43,32 @@ def run_train_diffusion(config: Config, ws: Workspace, *, progress: bool = True,
         return _train_diffusion(config, ws, progress=progress, console=console)
 
 
+def _round_trip(config: Config, ws: Workspace, unet, model_sha256: str, device) -> dict:
+    """The DDPM's round trip (:func:`round_trip`), kept beside the training state with what it was computed from:
+    a re-run for an edit that changes nothing (DVC re-runs the stage after a comment) reuses it instead of spending
+    the stage's longest minute recomputing the same figures and picture."""
+    d = config.diffusion
+    fingerprint = {"model_sha256": model_sha256, "code_sha256": code_sha256("roundtrip"),
+                   "fidelity_levels": d.fidelity_levels, "max_timestep": d.train.max_timestep,
+                   "schedule": [d.num_train_timesteps, d.beta_start, d.beta_end], "seed": config.run.seed,
+                   "resolution": config.data.resolution,
+                   "target": config.data.target.kind, "root": canonical_root(config.data.target.root, ws.root),
+                   "splits": [config.data.target.val_split, config.data.target.train_split]}
+    record_path, picture = ws.diffusion_state / ROUNDTRIP_RECORD, ws.diffusion_state / ws.roundtrip_png.name
+    try:
+        record = json.loads(record_path.read_text())
+        if record["fingerprint"] == fingerprint and sha256_file(picture) == record["picture_sha256"]:
+            atomic_write_bytes(ws.roundtrip_png, picture.read_bytes())
+            return record["result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or made otherwise: compute it
+    result = round_trip(config, make_eps_fn(unet), ws.root, device, ws.roundtrip_png)
+    ws.diffusion_state.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(picture, ws.roundtrip_png.read_bytes())
+    write_json(record_path, {"fingerprint": fingerprint, "result": result, "picture_sha256": sha256_file(picture)})
+    return result
+
+
 def _train_diffusion(config: Config, ws: Workspace, *, progress: bool, console: Console) -> dict:
     d = config.diffusion
     device = resolve_device(config.run.device)
@@ -50,7 +79,7 @@ def _train_diffusion(config: Config, ws: Workspace, *, progress: bool, console: 
         with live_metrics(live_dir(ws, "diffusion"), warn=_warner(console, "diffusion")):
             pass  # nothing trained: empty training metrics, so the files dvc.yaml declares exist
         metrics = {"pretrained": d.pretrained, "model_sha256": sha,
-                   "roundtrip": round_trip(config, make_eps_fn(unet.to(device)), ws.root, device, ws.roundtrip_png)}
+                   "roundtrip": _round_trip(config, ws, unet.to(device), sha, device)}
         write_json(ws.metrics / "diffusion.json", metrics)
         return metrics
 
@@ -95,7 +124,7 @@ def _train_diffusion(config: Config, ws: Workspace, *, progress: bool, console: 
         "final_loss": float(sum(tail) / len(tail)) if tail else None,
         "resumed_from": result.resumed_from,
         "model_sha256": sha,
-        "roundtrip": round_trip(config, make_eps_fn(result.model), ws.root, device, ws.roundtrip_png),
+        "roundtrip": _round_trip(config, ws, result.model, sha, device),
         "wall_s": round(time.time() - started, 1),
     }
     write_json(ws.metrics / "diffusion.json", metrics)
