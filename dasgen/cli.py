@@ -296,6 +296,23 @@ def calibrate(
 
 @app.command()
 @handles_errors
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Where the run stands: each stage done or how far along, the current domain's progress, an ETA for the rest.
+
+    Reads files only; safe to run while a stage runs."""
+    from dasgen.commands.status import run_status
+
+    result = run_status(State.config(), State.ws())
+    if as_json:
+        print(json.dumps(result.as_dict()))
+        return
+    width = max(len(stage) for stage, _ in result.lines)
+    for stage, state in result.lines:
+        out.print(f"{stage:<{width}}  {state}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+@handles_errors
 def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     source_images: Annotated[Optional[int], typer.Option("--source-images", min=1,

@@ -38,6 +38,19 @@ def section(cls: type) -> Any:
     return field(default_factory=cls)
 
 
+# Params that change how a stage computes, never what it computes: memory budgets, batching, decoding threads,
+# checkpoint intervals and the DVC stage grouping. The resume fingerprints (Config.result_dict) and the per-stage
+# params of dvc.yaml leave them out, so changing one on a finished run redoes no work.
+NO_EFFECT_PARAMS = (
+    "run.num_workers",
+    "diffusion.train.checkpoint_every",
+    "segmenter.source_train.checkpoint_every",
+    "sgg.max_copies_per_pass",
+    "ptl.translate_batch_size",
+    "ptl.domains_per_stage",
+)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Sections. Each default carries a comment saying why; params.yaml repeats them for the user.
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,7 +120,7 @@ class DiffusionTrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # paper: constant; cosine anneals a short run to 0
     max_timestep: Optional[int] = knob(None, min=1)  # deviation: learn t <= this only (None = all T, Eq. 5)
     hflip: bool = True
-    checkpoint_every: int = knob(500, min=1)  # resumable after a kill
+    checkpoint_every: int = knob(500, min=1)  # resumable after a kill (no effect on the weights)
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,9 @@ class SourceTrainConfig:
     momentum: float = knob(0.9, min=0.0, max=1.0)  # paper: 0.9
     weight_decay: float = knob(5e-4, min=0.0)
     aug_fraction: float = knob(0.1, min=0.0, max=1.0)  # Supp. C: 10 % of samples noised (Eq. 2) and masked
+    # resumable training state every this many iterations (no effect on the weights); not hashed at its default, so
+    # runs recorded before it existed keep their params hash
+    checkpoint_every: int = knob(500, min=1)
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,9 @@ class PTLConfig:
     image_format: Literal["png", "parquet"] = "png"  # parquet shards scale better under DVC
     domains_per_stage: int = knob(1, min=1)  # group domains per DVC stage to keep 600-domain pipelines fast
     unet_bf16: bool = False  # deviation: U-Net forward under bf16 autocast (for CUDA); paper: float32
+    # which g_n stay on disk: all | stage_last (each DVC stage's last domain, g_{N-1} and g_N: what the next stage,
+    # the sheet and a resume need; the rest are removed once the next domain is made). Disk saved: docs/scale-out.md
+    keep_segmenters: Literal["all", "stage_last"] = "all"
     finetune: FinetuneConfig = section(FinetuneConfig)
 
 
@@ -216,14 +235,22 @@ class Config:
         """The config as plain YAML-able data, with YAML key names (``lambda``, not ``lambda_``)."""
         return _to_dict(self)
 
-    def hashed_dict(self) -> dict[str, Any]:
-        """What every fingerprint and hash of the params is built from."""
-        return _to_dict(self)
+    def result_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without :data:`NO_EFFECT_PARAMS`: the params a stage's results depend on, what the resume
+        fingerprints are built from (so a memory or batching knob changed on a finished run redoes nothing)."""
+        data = self.to_dict()
+        for dotted in NO_EFFECT_PARAMS:
+            *parents, last = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            del node[last]
+        return data
 
     def sha256(self) -> str:
-        """Hash of the canonical JSON of every param (:meth:`hashed_dict`): exports and manifests record it as
+        """Hash of the canonical JSON of every param (:meth:`to_dict`): exports and manifests record it as
         provenance."""
-        return hashlib.sha256(json.dumps(self.hashed_dict(), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------

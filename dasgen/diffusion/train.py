@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,14 +24,16 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.console import Console
 
 from dasgen.diffusion.schedule import NoiseSchedule
-from dasgen.diffusion.training_state import restore_training_state, save_training_state
+from dasgen.diffusion.training_state import discard_finished_state, restore_training_state, save_training_state
 from dasgen.errors import CheckpointError
 from dasgen.io.atomic import atomic_write_text
+from dasgen.progress import LoopProgress
 
 LOSS_LOG_HEADER = "step,loss"
+CSV_FLUSH_S = 5.0  # the loss CSV reaches the disk this often while training (a tail -f sees it move)
 
 
 @dataclass
@@ -68,17 +71,11 @@ def _start_loss_log(log_path: Path | None, losses: list[float]):
     return open(log_path, "a", encoding="utf-8", newline="\n")
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]DDPM"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
+def _logged_metrics(losses: list[float], step: int, every: int, lr: float, steps: int,
+                    lr_schedule: str) -> dict[str, float]:
+    """What is logged at ``step``: the mean loss of the ``every`` steps up to it, and that step's learning rate."""
+    window = losses[max(0, step - every):step]
+    return {"loss": sum(window) / len(window), "lr": learning_rate(lr, step, steps, lr_schedule)}
 
 
 def learning_rate(base: float, step: int, steps: int, schedule: str) -> float:
@@ -143,6 +140,11 @@ def train_ddpm(
     log_path: Path | None,
     hflip: bool = False,
     progress: bool = True,
+    extra_fingerprint: dict[str, object] | None = None,
+    log: Callable[[str], None] | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    metrics_every: int = 50,
+    console: Console | None = None,
 ) -> TrainResult:
     """Train ``unet`` (in place) with DDPM's objective (Eq. 5) for ``steps`` steps in total, resuming if possible.
 
@@ -154,15 +156,23 @@ def train_ddpm(
     :func:`learning_rate`.
 
     Every ``checkpoint_every`` steps, and at the end, the training state goes to ``work_dir``; a state found there at
-    start is resumed (``CheckpointError`` if it was written with other settings or is past ``steps``). The loss of each
-    step is appended to the CSV ``log_path`` (header ``step,loss``). Returns the final model (a copy holding the EMA
-    weights when EMA is on, else ``unet`` itself), in eval mode; the caller saves it with ``save_denoiser``.
+    start is resumed (``CheckpointError`` if it was written with other settings or is past ``steps``). The state of the
+    finished run is kept: run again with the same settings, training is restored instead of redone (same weights); a
+    finished state of other settings is replaced by a fresh run. ``extra_fingerprint`` adds to the settings a resume
+    must share (the stage passes its code's hash). ``log`` receives one line saying where training starts from. The
+    loss of each step is appended to the CSV ``log_path`` (header ``step,loss``), flushed every few seconds.
+    ``on_metrics(step, {"loss", "lr"})`` receives the mean loss of the last ``metrics_every`` steps and the learning
+    rate every ``metrics_every`` steps (a resumed run first replays the steps it restored). Progress goes to
+    ``console`` (:class:`~dasgen.progress.LoopProgress`). Returns the final model (a copy
+    holding the EMA weights when EMA is on, else ``unet`` itself), in eval mode; the caller saves it with
+    ``save_denoiser``.
     """
     if steps < 0 or batch_size < 1:
         raise ValueError(f"train_ddpm: steps={steps} must be >= 0 and batch_size={batch_size} >= 1")
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"train_ddpm: ema_decay={ema_decay} must lie in [0, 1)")
     work_dir = Path(work_dir)
+    metrics_every = max(1, metrics_every)
     device = next(unet.parameters()).device
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)
@@ -171,20 +181,30 @@ def train_ddpm(
     learning_rate(lr, 1, steps, lr_schedule)  # an unknown schedule fails before any work
     fingerprint = _fingerprint(
         unet, schedule, batch_size=batch_size, lr=lr, adam_betas=list(adam_betas), ema_decay=ema_decay, seed=seed,
-        hflip=hflip, **({"lr_schedule": lr_schedule} if lr_schedule != "constant" else {}),
+        hflip=hflip, **(extra_fingerprint or {}),
+        # a cosine schedule's rates depend on its length: a run resumed with other steps would follow another curve
+        **({"lr_schedule": lr_schedule, "lr_schedule_steps": steps} if lr_schedule != "constant" else {}),
     )
     state = dict(model=unet, optimizer=optimizer, ema=ema, generator=generator)
 
+    dropped = discard_finished_state(work_dir, fingerprint=fingerprint, steps=steps)
     restored = restore_training_state(work_dir, fingerprint=fingerprint, **state)
     start, losses = (restored.step, list(restored.losses)) if restored else (0, [])
     if start > steps:
         raise CheckpointError(f"{work_dir}: training state is at step {start}, past the requested {steps} steps")
+    if log is not None:
+        log(f"resuming from step {start} of {steps} ({work_dir})" if restored else
+            f"starting at step 0 of {steps}" + (f" (finished state of {dropped} replaced)" if dropped else ""))
 
-    log = _start_loss_log(log_path, losses)
+    if on_metrics is not None:  # the curve so far first, so the metrics always hold it from step 1
+        for step in range(metrics_every, start + 1, metrics_every):
+            on_metrics(step, _logged_metrics(losses, step, metrics_every, lr, steps, lr_schedule))
+    csv = _start_loss_log(log_path, losses)
+    flushed = time.monotonic()
     unet.train()
     try:
-        with _progress(progress) as bar:
-            task = bar.add_task("train", total=steps, completed=start, loss=losses[-1] if losses else math.nan)
+        with LoopProgress("DDPM", steps, completed=start, enabled=progress, console=console,
+                          loss=losses[-1] if losses else math.nan) as bar:
             for step in range(start + 1, steps + 1):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(lr, step, steps, lr_schedule)
@@ -192,17 +212,23 @@ def train_ddpm(
                 if ema is not None:
                     ema.step(unet.parameters())
                 losses.append(loss)
-                if log is not None:
-                    log.write(f"{step},{loss:.6g}\n")
+                if csv is not None:
+                    csv.write(f"{step},{loss:.6g}\n")
+                    if time.monotonic() - flushed >= CSV_FLUSH_S:  # readable while training, not only at checkpoints
+                        csv.flush()
+                        flushed = time.monotonic()
+                if on_metrics is not None and step % metrics_every == 0:
+                    on_metrics(step, _logged_metrics(losses, step, metrics_every, lr, steps, lr_schedule))
                 recent = losses[-50:]
-                bar.update(task, advance=1, loss=sum(recent) / len(recent))
+                bar.advance(loss=sum(recent) / len(recent))
                 if step == steps or (checkpoint_every > 0 and step % checkpoint_every == 0):
-                    if log is not None:
-                        log.flush()
-                    save_training_state(work_dir, step=step, losses=losses, fingerprint=fingerprint, **state)
+                    if csv is not None:
+                        csv.flush()
+                    save_training_state(work_dir, step=step, losses=losses, fingerprint=fingerprint,
+                                        finished=step == steps, **state)
     finally:
-        if log is not None:
-            log.close()
+        if csv is not None:
+            csv.close()
 
     final = unet
     if ema is not None:

@@ -18,6 +18,7 @@ The CLI (``dasgen/cli.py``) is not a dep: each command only parses its options a
 from __future__ import annotations
 
 import ast
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,6 +35,22 @@ STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "summarize": ("dasgen.stages.summarize",),
     "export": ("dasgen.stages.export",),
 }
+
+
+# The code whose *meaning* a stage's resume fingerprint holds (:func:`code_sha256`): what computes its weights or
+# images. The DDPM's is narrower than its dvc.yaml deps, which also hold the round trip it measures with the guided
+# sampler: an edit to guidance re-runs the command (and the round trip) but keeps the trained DDPM.
+RESULT_CODE: dict[str, tuple[str, ...]] = {
+    "train_diffusion": ("dasgen.diffusion.train", "dasgen.diffusion.unet", "dasgen.datasets.pairs",
+                        "dasgen.datasets.registry", "dasgen.pipeline.chains", "dasgen.seeding"),
+    "train_g0": STAGE_ENTRIES["train_g0"],
+    "domain": STAGE_ENTRIES["domain"],
+    "roundtrip": ("dasgen.pipeline.diffusion_fidelity",),  # the DDPM's round trip, kept with its training state
+}
+# Left out of every code hash: config.py only parses params, and every param value a stage uses is in its fingerprint
+# already (a new params key enters it there). The others only show progress, log metrics or lock directories: no
+# edit to them can change a weight or a pixel.
+NOT_CODE_HASHED = ("config.py", "progress.py", "pipeline/live.py", "io/lock.py")
 
 
 def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
@@ -107,3 +124,36 @@ def stage_code_deps(stage: str, repo_root: Path | None = None) -> list[str]:
         raise KeyError(f"no code entry for stage {stage!r}; known: {', '.join(STAGE_ENTRIES)}")
     root = repo_root or PACKAGE_DIR.parent
     return sorted(path.relative_to(root).as_posix() for path in import_closure(STAGE_ENTRIES[stage]))
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """``tree`` without the docstring of its module, classes and functions (in place)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def source_meaning(source: str) -> str:
+    """A module's syntax tree as text, without docstrings, comments, line numbers or layout: two sources that differ
+    only in those give the same text, any other edit a different one."""
+    return ast.dump(_strip_docstrings(ast.parse(source)), include_attributes=False)
+
+
+@lru_cache(maxsize=None)
+def code_sha256(stage: str, package_dir: Path = PACKAGE_DIR) -> str:
+    """sha256 of the meaning (:func:`source_meaning`) of every module in ``stage``'s :data:`RESULT_CODE` closure.
+
+    A comment, docstring or reformatting edit leaves it unchanged, so DVC may re-run the stage's command (it hashes
+    file bytes) while the stage finds its finished work valid and redoes nothing; a real code change alters it.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(import_closure(RESULT_CODE[stage], package_dir)):
+        rel = path.relative_to(package_dir).as_posix()
+        if rel in NOT_CODE_HASHED:
+            continue
+        digest.update(f"{rel}\0{source_meaning(path.read_text(encoding='utf-8'))}\0".encode())
+    return digest.hexdigest()

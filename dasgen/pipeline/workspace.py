@@ -41,7 +41,8 @@ class Workspace:
 
     @property
     def diffusion_state(self) -> Path:
-        """Resumable training state (removed once training finishes)."""
+        """Resumable training state, kept once training finishes (a re-run with the same settings and code restores
+        it instead of training again)."""
         return self.diffusion_dir / "state"
 
     @property
@@ -52,6 +53,11 @@ class Workspace:
     @property
     def g0_dir(self) -> Path:
         return self.data / "g0"
+
+    @property
+    def g0_state(self) -> Path:
+        """g_0's resumable training state, kept once training finishes (as :attr:`diffusion_state`)."""
+        return self.g0_dir / "state"
 
     def domain_dir(self, n: int, total: int | None = None) -> Path:
         width = max(DOMAIN_DIGITS, len(str(total or 0)))

@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.models import Segmenter
-from dasgen.segment.train import train_source
+from dasgen.segment.train import Checkpointing, train_source
 from dasgen.research.ablate_report import (RESULT_FILE, _pct, build_report, render_markdown, roundtrip_path,
                                            write_reports)
 from dasgen.research.ablate_spec import (AblationSpec, Variant, load_spec, params,  # noqa: F401 (API)
@@ -57,7 +57,7 @@ from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 from dasgen.pipeline.common import load_source_pairs, read_json, resolve_device, source_reader, write_json
 from dasgen.stages.train_diffusion import run_train_diffusion
 from dasgen.stages.translate import run_domain
-from dasgen.stages.train_g0 import run_train_g0
+from dasgen.stages.train_g0 import g0_fingerprint, run_train_g0
 from dasgen.stages.scan import run_scan
 from dasgen.pipeline.segmenters import new_segmenter, on_device, score_on_target, target_val_store
 from dasgen.stages.toy import run_toy
@@ -106,7 +106,7 @@ def prepare_data(spec: AblationSpec, *, console: Console) -> Workspace:
     """The shared workspace's data: the toy, the scanned source pairs and the oracle's toy (skipped when done)."""
     config = params(spec, spec.common)
     ws = Workspace(spec.out / "shared")
-    d = config.hashed_dict()
+    d = config.to_dict()
     data_marker = ws.data / ".ablation-data.json"
     data_print = {"toy": d["toy"], "data": d["data"]}
     if not _marker_matches(data_marker, data_print) or not ws.source_pairs.is_file():
@@ -129,7 +129,7 @@ def prepare_ddpm(spec: AblationSpec, ws: Workspace, *, ddpm: Path | None, consol
     trained with the base params. A kept DDPM trained here with other diffusion params is retrained. Returns its sha256.
     """
     config = params(spec, spec.common)
-    d = config.hashed_dict()
+    d = config.to_dict()
     model_file = ws.diffusion_model / WEIGHTS_NAME
     marker = ws.diffusion_dir / ".ablation-ddpm.json"
     trained_print = {"diffusion": d["diffusion"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
@@ -230,7 +230,8 @@ def prepare_seed(spec: AblationSpec, seed: int, shared: Workspace, *, console: C
     run_train_g0(config, ws, progress=False, console=console)
     g0_s = time.time() - started
     console.print(f"ablation: seed {seed}: training the target-trained oracle")
-    oracle, oracle_s = train_oracle(config, shared.root / "oracle-toy", oracle_path, device=device)
+    oracle, oracle_s = train_oracle(config, shared.root / "oracle-toy", oracle_path, device=device,
+                                    log=lambda line: console.print(f"ablation: seed {seed}: oracle: {line}"))
     val = target_val_store(config, shared.root)
     target = score_on_target(oracle, config, device, val)
     entries, _ = load_source_pairs(shared)
@@ -247,8 +248,18 @@ def prepare_seed(spec: AblationSpec, seed: int, shared: Workspace, *, console: C
     return {"g0": ws.segmenter_path(0), "oracle": oracle_path}
 
 
-def train_oracle(config: Config, oracle_toy: Path, path: Path, *, device: torch.device) -> tuple[Segmenter, float]:
-    """A segmenter of g_0's arch and recipe trained on labelled *target* images (the oracle toy's val split)."""
+def oracle_fingerprint(config: Config, oracle_toy: Path) -> dict:
+    """What the oracle's weights depend on: g_0's recipe (:func:`g0_fingerprint`) on the oracle toy's target images."""
+    recipe = {k: v for k, v in g0_fingerprint(config, Workspace(oracle_toy), {}).items()
+              if k not in ("source", "source_content_sha256")}
+    return recipe | {"trained_on": {"kind": config.data.target.kind, "split": "val"}}  # of the spec's own oracle toy
+
+
+def train_oracle(config: Config, oracle_toy: Path, path: Path, *, device: torch.device,
+                 log: Callable[[str], None] | None = None) -> tuple[Segmenter, float]:
+    """A segmenter of g_0's arch and recipe trained on labelled *target* images (the oracle toy's val split).
+
+    Resumable like g_0: its training state lives in ``state/`` beside ``path`` (``log`` hears where it starts from)."""
     started = time.time()
     reader = open_dataset(config.data.target.kind, oracle_toy / "target", split="val", labelled=True)
     store = PairStore(reader, reader.entries(), config.data.resolution)
@@ -259,7 +270,8 @@ def train_oracle(config: Config, oracle_toy: Path, path: Path, *, device: torch.
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, 0, "train-oracle"))
     train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum, weight_decay=st.weight_decay,
                  optimizer=st.optimizer, augment=augment_settings(config, st.aug_fraction), generator=generator,
-                 progress=False)
+                 progress=False, checkpoint=Checkpointing(path.parent / "state", st.checkpoint_every,
+                                                          oracle_fingerprint(config, oracle_toy), log=log))
     model.eval()
     save_segmenter(model, path, meta={"domain": 0, "trained_on": "target (oracle)"})
     return model, time.time() - started

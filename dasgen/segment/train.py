@@ -8,23 +8,31 @@ SGD at the paper's rate barely moves a randomly initialised net (the paper's g s
 
 Batches come from a ``sample(generator) -> (x, y)`` callable (``PairStore.sampler``, or in the tests
 ``helpers.segment_data.batch_sampler``), so the loop is the same for the toy and for real datasets.
+
+g_0's training (20,000 iterations in the paper) is resumable: given a :class:`Checkpointing`, the loop saves the model,
+the optimiser's moments, the batch generator, the global RNG (dropout) and every loss so far with
+:mod:`dasgen.diffusion.training_state`, and a run killed at any point continues to the same weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dasgen.diffusion.schedule import NoiseSchedule
-from dasgen.errors import ConfigError, DasgenError
+from dasgen.diffusion.training_state import discard_finished_state, restore_training_state, save_training_state
+from dasgen.errors import CheckpointError, ConfigError, DasgenError
 from dasgen.labels import IGNORE_INDEX
+from dasgen.progress import LoopProgress
 from dasgen.segment.models import Segmenter
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -140,6 +148,69 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+DROPOUT_SEED_SALT = 0x5EED  # the global RNG of a resumable run is seeded from its generator's seed, salted to differ
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and how often a training loop saves its resumable state, and what a resume must share with the run that
+    wrote it (``fingerprint``: settings, data, code). ``log`` receives one line saying where training starts from."""
+
+    work_dir: Path
+    every: int
+    fingerprint: dict[str, Any]
+    log: Callable[[str], None] | None = None
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global RNG states dropout draws from (CPU, and the device's on CUDA)."""
+    states = {"rng.cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _resume(model: Segmenter, optimizer: torch.optim.Optimizer, generator: torch.Generator, iters: int,
+            checkpoint: Checkpointing) -> tuple[int, dict[str, list[float]]]:
+    """Restore ``checkpoint``'s state in place; returns (iterations done, the loss terms of each)."""
+    dropped = discard_finished_state(checkpoint.work_dir, fingerprint=checkpoint.fingerprint, steps=iters)
+    restored = restore_training_state(checkpoint.work_dir, model=model, optimizer=optimizer, ema=None,
+                                      generator=generator, fingerprint=checkpoint.fingerprint)
+    if restored is None:
+        if checkpoint.log is not None:
+            checkpoint.log(f"starting at iteration 0 of {iters}"
+                           + (f" (finished state of {dropped} replaced)" if dropped else ""))
+        return 0, {}
+    if restored.step > iters:
+        raise CheckpointError(f"{checkpoint.work_dir}: training state is at iteration {restored.step}, past the "
+                              f"requested {iters}")
+    torch.set_rng_state(restored.extra["rng.cpu"])
+    device = _device_of(model)
+    if "rng.cuda" in restored.extra and device.type == "cuda":
+        torch.cuda.set_rng_state(restored.extra["rng.cuda"], device)
+    per_iter = {"loss": list(restored.losses)}
+    per_iter |= {key[len("term."):]: value.tolist() for key, value in restored.extra.items()
+                 if key.startswith("term.")}
+    if checkpoint.log is not None:
+        checkpoint.log(f"resuming from iteration {restored.step} of {iters} ({checkpoint.work_dir})")
+    return restored.step, per_iter
+
+
+def _save(model: Segmenter, optimizer: torch.optim.Optimizer, generator: torch.Generator, done: int, iters: int,
+          per_iter: dict[str, list[float]], checkpoint: Checkpointing) -> None:
+    terms = {f"term.{name}": torch.tensor(values, dtype=torch.float64)
+             for name, values in per_iter.items() if name != "loss"}
+    save_training_state(checkpoint.work_dir, step=done, model=model, optimizer=optimizer, ema=None,
+                        generator=generator, losses=per_iter["loss"], fingerprint=checkpoint.fingerprint,
+                        finished=done == iters, extra=terms | _rng_state(_device_of(model)))
+
+
+def _history(per_iter: dict[str, list[float]], iters: int, log_every: int) -> list[list[Any]]:
+    """``[iteration, {term: mean of the last log_every values}]`` every ``log_every`` iterations and at the end."""
+    return [[i, {k: sum(v[max(0, i - log_every):i]) / len(v[max(0, i - log_every):i]) for k, v in per_iter.items()}]
+            for i in range(1, iters + 1) if i % log_every == 0 or i == iters]
+
+
 def _run(
     model: Segmenter,
     step: Callable[[], dict[str, float]],
@@ -150,31 +221,52 @@ def _run(
     progress: bool,
     log_every: int,
     frozen_batchnorm: bool = False,
+    generator: torch.Generator | None = None,
+    checkpoint: Checkpointing | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Run ``iters`` optimiser steps; ``step`` draws its batches, runs forward+backward and returns its loss terms.
 
     Returns per term ``first_<term>`` / ``final_<term>`` (means over the first / last tenth of the run; None when
-    ``iters`` is 0), a ``history`` of ``[iteration, {term: window mean}]`` every ``log_every`` iterations, and the
-    wall time. A non-finite loss stops training with a DasgenError. The model is left in eval mode.
+    ``iters`` is 0), a ``history`` of ``[iteration, {term: window mean}]`` every ``log_every`` iterations, the
+    iteration it ``resumed_from`` (None for a fresh start) and the wall time. With ``checkpoint`` (and the
+    ``generator`` ``step`` draws from), the state is saved every ``checkpoint.every`` iterations and at the end, and
+    a state found at start is resumed. ``on_metrics(iteration, {term: window mean})`` receives each ``history``
+    entry as it is made (a resumed run replays the restored ones first). Progress goes to ``console``
+    (:class:`~dasgen.progress.LoopProgress`). A non-finite loss stops training with a DasgenError. The model is left
+    in eval mode.
     """
     if iters < 0:
         raise ConfigError(f"segmenter training iters: must not be negative, got {iters}")
     if iters == 0:  # e.g. ptl.finetune.iters: 0 -- g_n is g_{n-1} unchanged
         model.eval()
-        return {"first_loss": None, "final_loss": None, "iters": 0, "history": [], "seconds": 0.0}
+        return {"first_loss": None, "final_loss": None, "iters": 0, "history": [], "resumed_from": None,
+                "seconds": 0.0}
+    if checkpoint is not None and generator is None:
+        raise ValueError("a checkpointed training loop needs the generator its batches are drawn from")
     log_every = max(1, log_every)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    per_iter: dict[str, list[float]] = {}
-    history: list[list[Any]] = []
+    device = _device_of(model)
+    rng = contextlib.nullcontext()
+    if checkpoint is not None:  # dropout draws from the global RNG: a private copy seeded by the run, saved with it
+        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type)
     started = time.perf_counter()
     model.train()
     if frozen_batchnorm:
         freeze_batchnorm(model)  # model.train() put the BatchNorm layers back into train mode
     try:
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-            task = bar.add_task(description, total=iters, loss="-")
-            for it in range(iters):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(rng)
+            if checkpoint is not None:
+                torch.manual_seed(generator.initial_seed() ^ DROPOUT_SEED_SALT)
+            start, per_iter = _resume(model, optimizer, generator, iters, checkpoint) if checkpoint else (0, {})
+            if on_metrics is not None:
+                for iteration, window in _history(per_iter, start, log_every):
+                    if iteration % log_every == 0 or iteration == iters:  # as logged when they were trained
+                        on_metrics(iteration, window)
+            bar = stack.enter_context(LoopProgress(description, iters, completed=start, enabled=progress,
+                                                   console=console, loss="-"))
+            for it in range(start, iters):
                 optimizer.zero_grad(set_to_none=True)
                 terms = step()
                 total = sum(terms.values())
@@ -185,18 +277,23 @@ def _run(
                     per_iter.setdefault(name, []).append(value)
                 if (it + 1) % log_every == 0 or it + 1 == iters:
                     window = {k: sum(v[-log_every:]) / len(v[-log_every:]) for k, v in per_iter.items()}
-                    history.append([it + 1, window])
-                    bar.update(task, loss=f"{window['loss']:.4f}")
-                bar.advance(task)
+                    bar.fields["loss"] = f"{window['loss']:.4f}"
+                    if on_metrics is not None:
+                        on_metrics(it + 1, window)
+                bar.advance()
+                if checkpoint is not None and (it + 1 == iters or (it + 1) % max(1, checkpoint.every) == 0):
+                    _save(model, optimizer, generator, it + 1, iters, per_iter, checkpoint)
     finally:
         model.eval()
+    history = _history(per_iter, iters, log_every)
     tenth = max(1, iters // 10)
     result: dict[str, Any] = {}
     for name, values in per_iter.items():
         suffix = "" if name == "loss" else f"_{name}"
         result[f"first_loss{suffix}"] = sum(values[:tenth]) / tenth
         result[f"final_loss{suffix}"] = sum(values[-tenth:]) / tenth
-    result.update(iters=iters, history=history, seconds=round(time.perf_counter() - started, 3))
+    result.update(iters=iters, history=history, resumed_from=start if checkpoint and start else None,
+                  seconds=round(time.perf_counter() - started, 3))
     return result
 
 
@@ -214,13 +311,17 @@ def train_source(
     progress: bool = True,
     log_every: int = 50,
     batchnorm: str = "train",
+    checkpoint: Checkpointing | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Train g_0 on the labelled source (Sec. 4.4) with CE (ignore 255) and the Supp. C augmentation.
 
     ``sample_batch(generator)`` gives source batches; ``augment`` is None or the kwargs of
     :func:`noisy_masked_augment` (schedule, max_t, fraction); ``batchnorm`` "frozen" keeps BatchNorm layers fixed
-    (:func:`freeze_batchnorm`). The model trains in train mode and is left in eval mode. Returns
-    ``{"first_loss", "final_loss", "iters", "history", "seconds"}``.
+    (:func:`freeze_batchnorm`). The model trains in train mode and is left in eval mode. ``checkpoint``: save and
+    resume the training state (:class:`Checkpointing`); ``on_metrics``, ``console``: see :func:`_run`. Returns
+    ``{"first_loss", "final_loss", "iters", "history", "resumed_from", "seconds"}``.
     """
     device = _device_of(model)
     frozen = _prepare_batchnorm(model, batchnorm)
@@ -234,6 +335,7 @@ def train_source(
         return {"src": loss.item()}
 
     result = _run(model, step, opt, iters=iters, description="g_0 (source)", progress=progress, log_every=log_every,
+                  generator=generator, checkpoint=checkpoint, on_metrics=on_metrics, console=console,
                   frozen_batchnorm=frozen)
     return {k: v for k, v in result.items() if not k.endswith("_src")}
 
@@ -254,6 +356,8 @@ def finetune(
     log_every: int = 50,
     description: str = "fine-tune",
     batchnorm: str = "train",
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Eq. 12: g_n -> g_{n+1} with L_ft = L_ce(g(X^{n+1}), Y^S) + L_ce(g(X^S), Y^S).
 
@@ -281,4 +385,4 @@ def finetune(
         return terms
 
     return _run(model, step, opt, iters=iters, description=description, progress=progress, log_every=log_every,
-                frozen_batchnorm=frozen)
+                on_metrics=on_metrics, console=console, frozen_batchnorm=frozen)

@@ -1,7 +1,9 @@
 """Stage ``scan``: decode every source pair once, keep the usable ones and record the skipped ones with reasons.
 
 Real GTA5 copies hold broken pairs (size mismatches, blank frames, missing ids). Scanning once up front means no later
-stage crashes on the 20,000th file after an hour, and the export's manifest can say what was left out and why.
+stage crashes on the 20,000th file after an hour, and the export's manifest can say what was left out and why. The
+scan also hashes every usable pair: the digest goes into g_0's and each domain's fingerprint, so a changed source is
+never paired with translations of the old one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dasgen.datasets.pairs import scan_pairs
 from dasgen.errors import DatasetError
 from dasgen.labels import IGNORE_INDEX, id_to_train_id
 from dasgen.pipeline.common import canonical_root, source_reader, write_json
+from dasgen.pipeline.source_content import content_record, pair_content
 from dasgen.pipeline.workspace import Workspace
 
 
@@ -30,10 +33,12 @@ def run_scan(config: Config, ws: Workspace, *, console: Console | None = None) -
                       soft_wrap=True)
 
     class_counts: list[int] = []
+    hashes: dict[str, tuple[str, int]] = {}
 
     def count_classes(sample) -> None:
         ids = np.unique(id_to_train_id(sample.label))
         class_counts.append(int((ids != IGNORE_INDEX).sum()))
+        hashes[sample.entry.id] = pair_content(reader.root, sample.entry)  # the files just decoded, from the cache
 
     entries, bad = scan_pairs(reader, policy=config.data.bad_pairs, on_bad=report, on_sample=count_classes)
     if not entries:  # every later stage would fail on an empty source; say so here, naming the first reason
@@ -46,6 +51,7 @@ def run_scan(config: Config, ws: Workspace, *, console: Console | None = None) -
         "entries": [asdict(e) for e in entries],
         "mean_classes_per_image": round(float(np.mean(class_counts)), 2) if class_counts else None,
         "skipped": [{"id": b.id, "reason": b.reason} for b in bad],
+        **content_record(hashes),  # what g_0 and every domain were made from (pipeline/source_content.py)
     }
     write_json(ws.source_pairs, record)
     console.print(f"source: {len(entries)} usable pairs, {len(bad)} skipped")

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import dasgen
 from dasgen.config import Config
@@ -36,16 +35,21 @@ from dasgen.diffusion.unet import WEIGHTS_NAME, verify_denoiser_checksum
 from dasgen.labels import NUM_TRAIN_CLASSES
 from dasgen.errors import CheckpointError, DasgenError
 from dasgen.guidance.sampler import translate
+from dasgen.progress import LoopProgress
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
 from dasgen.segment.metrics import ConfusionMatrix
 from dasgen.segment.train import finetune, freeze_batchnorm
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
+from dasgen.pipeline.code_deps import code_sha256
 from dasgen.pipeline.common import canonical_root, load_source_pairs, resolve_device, source_reader, write_json
 from dasgen.pipeline.distributed import DistContext, data_parallel_segmenter
 from dasgen.pipeline.guided import domain_denoiser, domain_guidance
+from dasgen.pipeline.live import live_dir, live_metrics, warner
+from dasgen.pipeline.source_content import check_unchanged, content_sha256
 from dasgen.pipeline.image_quality import blow_up_report, target_roughness
+from dasgen.pipeline.keep_segmenters import prune_segmenter, recorded_segmenter_sha256
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import sha256_file
@@ -95,20 +99,38 @@ def image_consistency(pred: torch.Tensor, label: torch.Tensor) -> float:
     return float(sum(present) / len(present)) if present else 1.0
 
 
-def domain_fingerprint(config: Config, n: int, ws: Workspace) -> dict:
-    """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh."""
-    d = config.hashed_dict()  # an option added off leaves the fingerprint of finished domains unchanged
-    ptl = {k: v for k, v in d["ptl"].items() if k not in ("translate_batch_size", "domains_per_stage")}
-    writer_of_g = "dasgen train-g0" if n == 1 else f"dasgen translate --domain {n - 1}"
+def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dict | None = None, *,
+                       known_sha256: dict[str, str] | None = None) -> dict:
+    """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh.
+
+    Built from :meth:`Config.result_dict` (no memory or batching knob; an option added off leaves the fingerprint of
+    finished domains unchanged), the meaning of the stage's code (:func:`code_sha256`: a comment or docstring edit
+    keeps finished domains, a real change redoes them) and the source content the scan hashed (``source_record``,
+    read from ``data/source_pairs.json`` when not given). ``known_sha256`` (``{"diffusion": ..., "segmenter_in":
+    ...}``) spares hashing files whose digest the caller has (``dasgen status`` over 600 domains)."""
+    known = known_sha256 or {}
+    if source_record is None:
+        source_record = read_state(ws.source_pairs, remedy="run `dasgen scan`") if ws.source_pairs.is_file() else {}
+    d = config.result_dict()
+    ptl = {k: v for k, v in d["ptl"].items() if k != "keep_segmenters"}  # which files stay, not what they hold
     return {
         "n": n,
+        "code_sha256": code_sha256("domain"),
         "params": {"ptl": ptl, "sgg": d["sgg"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
                    "source": d["data"]["source"] | {"root": canonical_root(config.data.source.root, ws.root)},
                    "schedule": {k: d["diffusion"][k] for k in ("num_train_timesteps", "beta_start", "beta_end")}},
-        "diffusion_sha256": sha256_file(_required(ws.diffusion_model / WEIGHTS_NAME,
-                                                  "dasgen train-diffusion")),
-        "segmenter_in_sha256": sha256_file(_required(ws.segmenter_path(n - 1, config.ptl.N), writer_of_g)),
+        "source_content_sha256": content_sha256(source_record),
+        "diffusion_sha256": known.get("diffusion") or sha256_file(_required(ws.diffusion_model / WEIGHTS_NAME,
+                                                                           "dasgen train-diffusion")),
+        "segmenter_in_sha256": known.get("segmenter_in") or _segmenter_sha256(config, ws, n - 1),
     }
+
+
+def _segmenter_sha256(config: Config, ws: Workspace, n: int) -> str:
+    """sha256 of g_n: of its file, or as domain n recorded it when ``ptl.keep_segmenters`` removed the file."""
+    path = ws.segmenter_path(n, config.ptl.N)
+    recorded = None if path.is_file() else recorded_segmenter_sha256(config, ws, n)
+    return recorded or sha256_file(_required(path, "dasgen train-g0" if n == 0 else f"dasgen translate --domain {n}"))
 
 
 def _required(path: Path, stage: str) -> Path:
@@ -118,19 +140,35 @@ def _required(path: Path, stage: str) -> Path:
     return path
 
 
+def _finalized(out: Path) -> bool:
+    """Whether finalize ran to its end in ``out``: its files exist and its clean-up left no journal, staging or trash."""
+    return all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json",
+                                                   CHECKSUMS_FILE)) \
+        and not any((out / name).exists() for name in (JOURNAL_DIR, STAGING_DIR, ".trash"))
+
+
+def _recorded_fingerprint(out: Path) -> dict | None:
+    """The fingerprint ``out`` was made with (None when it has none); a damaged one is one line naming the file."""
+    marker = out / FINGERPRINT_FILE
+    if not marker.is_file():
+        return None
+    return read_state(marker, remedy=f"it records what {out.name} was made from; remove {out} to translate the "
+                      "domain afresh")
+
+
+def _complete_with(out: Path, fingerprint: dict) -> bool:
+    """Whether ``out`` holds a finished domain made with ``fingerprint`` (as :func:`_prepare_directory` decides)."""
+    return _recorded_fingerprint(out) == fingerprint and _finalized(out)
+
+
 def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: Console) -> bool:
     """Returns True when the domain is already complete with this fingerprint; clears a stale partial run."""
     marker = out / FINGERPRINT_FILE
     # Every rank decides from the same state: without the two barriers a rank that reads the marker after rank 0 has
     # written it below would skip rank 0's barrier, and the ranks' barriers would pair up wrongly (a hang).
     ctx.barrier()
-    same_run = marker.is_file() and read_state(
-        marker, remedy=f"it records what {out.name} was made from; remove {out} to translate the domain afresh"
-    ) == fingerprint
-    # complete = finalize ran to its end: its files exist and its clean-up left no journal, staging or trash
-    complete = same_run and (
-        all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json", CHECKSUMS_FILE))
-        and not any((out / name).exists() for name in (JOURNAL_DIR, STAGING_DIR, ".trash")))
+    same_run = _recorded_fingerprint(out) == fingerprint
+    complete = same_run and _finalized(out)
     ctx.barrier()
     if same_run:
         return complete
@@ -153,11 +191,6 @@ def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: 
     return False
 
 
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled)
-
-
 def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
                      ctx: DistContext, device: torch.device, console: Console, progress: bool) -> int:
     """Translate this rank's pending batches of ``plan.ids`` into ``writer``; returns the number of images written."""
@@ -176,9 +209,9 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
     # no rank idles at the barrier for hours. A batch's content is fixed, so which rank runs it never shows.
     mine = pending[ctx.rank::ctx.world_size]
     todo = sum(len(b) for b in mine)
-    written, started = 0, time.time()
-    with _progress(console, progress and ctx.is_main) as bar:
-        task = bar.add_task(f"domain {plan.n} (t={plan.t}, {plan.steps} steps)", total=todo, rate="")
+    written = 0
+    with LoopProgress(f"domain {plan.n} (t={plan.t}, {plan.steps} steps)", todo, unit="img",
+                      enabled=progress and ctx.is_main, console=console) as bar:
         for batch in mine:
             x0, labels = store.batch(batch)
             generators = [image_generator(config.run.seed, plan.n, i) for i in batch]
@@ -204,13 +237,13 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
                                        height=images[k].shape[0], width=images[k].shape[1],
                                        consistency=image_consistency(preds[k], labels[k])), images[k])
                 written += 1
-            rate = written / max(time.time() - started, 1e-9)
-            bar.update(task, advance=len(batch), rate=f"{rate:.2f} img/s")
+            bar.advance(len(batch))
     return written
 
 
 def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
-                       device: torch.device, progress: bool, ctx: DistContext = DistContext()):
+                       device: torch.device, progress: bool, ctx: DistContext = DistContext(),
+                       console: Console | None = None):
     """Eq. 12: g_{n-1} -> g_n on (X^n, Y^S) plus (X^S, Y^S) unless ``ptl.finetune.use_src_loss`` is false.
 
     Under torchrun every rank calls it: the batches are split over the ranks by
@@ -240,10 +273,14 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
     sample_source = on_device(source_sampler, device)
 
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, plan.n, "finetune"))
-    losses = finetune(trained, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters, lr=ft.lr,
-                      momentum=ft.momentum, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
-                      augment=augment_settings(config, ft.aug_fraction),
-                      generator=generator, progress=progress, batchnorm=config.segmenter.batchnorm)
+    # g_n's losses while it trains, for dvc plots (rank 0 writes them; every rank computes the same numbers)
+    with live_metrics(live_dir(ws, ws.domain_metrics(plan.n, config.ptl.N).stem), enabled=ctx.is_main,
+                      warn=warner(console or Console(stderr=True), f"g_{plan.n}")) as on_metrics:
+        losses = finetune(trained, sample_adapted, sample_source if ft.use_src_loss else None, iters=ft.iters,
+                          lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
+                          augment=augment_settings(config, ft.aug_fraction), generator=generator, progress=progress,
+                          description=f"fine-tune g_{plan.n}", on_metrics=on_metrics, console=console,
+                          batchnorm=config.segmenter.batchnorm)
     model.eval()
     return model, losses
 
@@ -259,15 +296,27 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     entries, source_record = load_source_pairs(ws, config)
     plan = plan_domain(config, n, [e.id for e in entries])
     out = ws.domain_dir(n, config.ptl.N)
-    fingerprint = domain_fingerprint(config, n, ws)
+    if (out / FINGERPRINT_FILE).is_file():  # earlier work to resume or call complete: not from a stale scan
+        check_unchanged(source_record, ws.root / config.data.source.root, entries)
+    fingerprint = domain_fingerprint(config, n, ws, source_record)
     # Every input is checked before anything is written or cleared: a damaged g_{n-1} changes the fingerprint, and
     # found only when loaded it would first have cost the finished domain n.
     verify_denoiser_checksum(ws.diffusion_model, required=True)
-    load_segmenter(ws.segmenter_path(n - 1, config.ptl.N), expect_arch=config.segmenter.arch,
-                   expect_classes=NUM_TRAIN_CLASSES)
+    g_prev = ws.segmenter_path(n - 1, config.ptl.N)
+    if not g_prev.is_file() and not _complete_with(out, fingerprint):  # removed by ptl.keep_segmenters
+        first = n - 1 - (n - 1) % config.ptl.domains_per_stage + 1  # after the last g that is kept
+        dirs = ws.domain_dir(first, config.ptl.N) if first == n - 1 else \
+            f"{ws.domain_dir(first, config.ptl.N)} .. {ws.domain_dir(n - 1, config.ptl.N).name}"
+        raise CheckpointError(f"{g_prev}: removed to save disk (ptl.keep_segmenters: stage_last), and domain {n} "
+                              f"must be made again from it; remove {dirs} and run "
+                              f"`dasgen translate --domains {first}-{n}`")
+    if g_prev.is_file():
+        load_segmenter(g_prev, expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     reader = source_reader(config, ws.root)
     if _prepare_directory(out, fingerprint, ctx, console):
         console.print(f"domain {n}: already complete, nothing to do")
+        if ctx.is_main and prune_segmenter(config, ws, n - 1):
+            console.print(f"domain {n}: g_{n - 1} removed (ptl.keep_segmenters: stage_last)")
         metrics = read_state(out / "metrics.json", remedy=f"`dasgen verify {out}` lists the damage; remove {out} "
                              "to translate the domain afresh")
         if ctx.is_main and not ws.domain_metrics(n, config.ptl.N).is_file():  # killed just before writing it
@@ -281,7 +330,8 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     ctx.barrier()
     translate_s = time.time() - started
     writer = DomainWriter(out, image_format=config.ptl.image_format, rank=ctx.rank, world_size=ctx.world_size)
-    model, losses = finetune_segmenter(config, ws, plan, store, writer, device, progress and ctx.is_main, ctx)
+    model, losses = finetune_segmenter(config, ws, plan, store, writer, device, progress and ctx.is_main, ctx,
+                                       console)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 writes g_n and finalises; the next domain of a --domains range needs g_n
         return {}
@@ -312,12 +362,15 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
         "segmenter_in_sha256": fingerprint["segmenter_in_sha256"],
         "segmenter_out_sha256": sha_out,
         "source": {k: source_record[k] for k in ("kind", "root", "split")}
-        | {"pairs_used": len(plan.ids), "pairs_usable": len(entries), "skipped": source_record["skipped"]},
+        | {"pairs_used": len(plan.ids), "pairs_usable": len(entries), "skipped": source_record["skipped"],
+           "content_sha256": fingerprint["source_content_sha256"]},  # the scan's digest: export can check it
     }
     writer.finalize(metrics=metrics, provenance=provenance)
     write_json(ws.domain_metrics(n, config.ptl.N), {k: v for k, v in metrics.items() if k != "target_per_class"})
     console.print(f"domain {n}/{config.ptl.N}: t={plan.t}, {len(plan.ids)} images, consistency "
                   f"{metrics['consistency']:.3f}, g_{n} target mIoU "
                   f"{'n/a' if target is None else format(target['miou'], '.3f')}, {metrics['wall_s']} s")
+    if prune_segmenter(config, ws, n - 1):
+        console.print(f"domain {n}: g_{n - 1} removed (ptl.keep_segmenters: stage_last)")
     ctx.barrier()  # release the other ranks only once g_n and the artifact are on disk
     return metrics

@@ -495,6 +495,7 @@ def test_permission_denied_writing_g_n_keeps_every_translated_image(workspace, m
 
 def test_disk_full_saving_a_training_state_keeps_the_previous_one(workspace, monkeypatch):
     ws = Workspace(workspace)
+    shutil.rmtree(ws.diffusion_state)  # the fixture's finished state would be restored: train from step 0
     _failing(monkeypatch, "replace", errno.ENOSPC,
              lambda path, calls: Path(path).name == "training_state-00000006.safetensors")
     error_line(invoke(workspace, "train-diffusion"),

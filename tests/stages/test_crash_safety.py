@@ -232,7 +232,34 @@ def test_train_diffusion_killed_resumes_from_its_checkpoint_to_the_same_model(wo
     assert json.loads((expected.metrics / "diffusion.json").read_text())["resumed_from"] is None
     assert tree_bytes(ws.diffusion_model) == tree_bytes(expected.diffusion_model)  # exact resumption
     assert (ws.metrics / "diffusion_loss.csv").read_bytes() == (expected.metrics / "diffusion_loss.csv").read_bytes()
-    assert not ws.diffusion_state.exists()
+    assert _state_step(ws.diffusion_state) == 40  # kept: a re-run with the same settings and code trains nothing
+
+
+# -- train-g0 ---------------------------------------------------------------------------------------------------
+
+G0_SETS = ("segmenter.source_train.iters=40", "segmenter.source_train.checkpoint_every=4")
+
+
+@pytest.mark.slow
+def test_train_g0_killed_resumes_from_its_checkpoint_to_the_same_model(workspace, tmp_path):
+    ws = Workspace(workspace)
+    shutil.rmtree(ws.g0_dir)  # the fixture's finished 6-iteration g_0: this test starts from nothing
+    reference_root = tmp_path / "reference"
+    shutil.copytree(workspace, reference_root)
+    victim = start(workspace, "train-g0", sets=G0_SETS)
+    kill_when(victim, lambda: _state_step(ws.g0_state) >= 12, "a checkpoint at iteration 12 or later")
+
+    saved = _state_step(ws.g0_state)
+    assert 12 <= saved < 40
+    assert_no_torn_files(ws.g0_dir)
+    log = finish(start(workspace, "train-g0", sets=G0_SETS, log="rerun"), workspace, log="rerun")
+    assert f"g_0: resuming from iteration {saved} of 40" in log
+    assert json.loads((ws.metrics / "g0.json").read_text())["resumed_from"] == saved
+
+    in_process(reference_root, "train-g0", sets=G0_SETS)  # uninterrupted
+    expected = Workspace(reference_root)
+    assert json.loads((expected.metrics / "g0.json").read_text())["resumed_from"] is None
+    assert tree_bytes(ws.g0_dir) == tree_bytes(expected.g0_dir)  # g_0, its sidecar and the kept state: exact
 
 
 # -- export -----------------------------------------------------------------------------------------------------

@@ -232,11 +232,14 @@ def test_resume_with_dropout_is_exact(images, tmp_path):
 
 
 def test_resume_refuses_other_settings_or_fewer_steps(template, images, tmp_path):
-    _train(copy.deepcopy(template), images, tmp_path / "w", 2)
+    with pytest.raises(KeyboardInterrupt):  # an unfinished state at step 2 of 4
+        _train(copy.deepcopy(template), images, tmp_path / "w", 4, fail_at_call=4)
     with pytest.raises(CheckpointError, match="lr"):
         _train(copy.deepcopy(template), images, tmp_path / "w", 4, lr=1e-3)
     with pytest.raises(CheckpointError, match="step 2"):
         _train(copy.deepcopy(template), images, tmp_path / "w", 1)
+    with pytest.raises(CheckpointError, match="code"):
+        _train(copy.deepcopy(template), images, tmp_path / "w", 4, extra_fingerprint={"code_sha256": "edited"})
     state = json.loads((tmp_path / "w" / "training_state.json").read_text())
     tensors = tmp_path / "w" / state["tensors"]
     tensors.write_bytes(tensors.read_bytes()[:-8] + b"corrupt!")
@@ -269,6 +272,18 @@ def test_cosine_schedule_resumes_on_the_same_curve(template, images, tmp_path):
     _assert_same_weights(resumed.model, whole.model)
     constant = _train(copy.deepcopy(template), images, tmp_path / "c", steps=4)
     assert constant.losses[:1] == whole.losses[:1] and constant.losses[1:] != whole.losses[1:]
+
+
+def test_a_cosine_run_is_not_resumed_with_another_length(template, images, tmp_path):
+    """The schedule's rates depend on its length: state of a 4-step cosine run cannot continue as a 6-step one."""
+    with pytest.raises(KeyboardInterrupt):  # state saved at step 2 of 4
+        _train(copy.deepcopy(template), images, tmp_path / "w", steps=4, lr_schedule="cosine", fail_at_call=4)
+    with pytest.raises(CheckpointError, match="lr_schedule_steps"):
+        _train(copy.deepcopy(template), images, tmp_path / "w", steps=6, lr_schedule="cosine")
+    _train(copy.deepcopy(template), images, tmp_path / "w", steps=4, lr_schedule="cosine")  # finished at 4
+    longer = _train(copy.deepcopy(template), images, tmp_path / "w", steps=6, lr_schedule="cosine")
+    straight = _train(copy.deepcopy(template), images, tmp_path / "x", steps=6, lr_schedule="cosine")
+    assert longer.resumed_from is None and longer.losses == straight.losses  # trained afresh on the 6-step curve
 
 
 def test_a_truncated_schedule_trains_only_its_timesteps(template, images, tmp_path, monkeypatch):
@@ -353,3 +368,26 @@ def test_train_diffusion_records_the_round_trip_of_real_target_photos(tiny_works
     assert psnr[0] > psnr[2]  # more noise, less of the photo kept
     picture = Image.open(Path(tiny_workspace) / "metrics" / "diffusion_roundtrip.png")
     assert picture.size[0] > picture.size[1] > 0  # rows: photos; columns: clean | phi^5 | phi^10 | phi^20
+
+
+def test_a_finished_state_is_kept_restored_as_is_and_replaced_only_for_other_settings(template, images, tmp_path):
+    logs: list[str] = []
+    code = {"code_sha256": "a"}
+    first = _train(copy.deepcopy(template), images, tmp_path / "w", 4, extra_fingerprint=code)
+    state = json.loads((tmp_path / "w" / "training_state.json").read_text())
+    assert state["finished"] is True and state["step"] == 4  # kept after the end
+
+    again = _train(_tiny(), images, tmp_path / "w", 4, extra_fingerprint=code, log=logs.append)  # no training
+    assert again.resumed_from == 4 and logs == [f"resuming from step 4 of 4 ({tmp_path / 'w'})"]
+    _assert_same_weights(again.model, first.model)
+
+    other = _train(copy.deepcopy(template), images, tmp_path / "w", 4, extra_fingerprint={"code_sha256": "b"},
+                   log=logs.append)  # a real code change: trained afresh (same init and seed: the same weights)
+    assert other.resumed_from is None and "finished state of other settings (code_sha256) replaced" in logs[-1]
+    _assert_same_weights(other.model, first.model)
+    fewer = _train(copy.deepcopy(template), images, tmp_path / "w", 2, extra_fingerprint={"code_sha256": "b"},
+                   log=logs.append)
+    assert fewer.resumed_from is None and "4 steps done, 2 asked" in logs[-1]
+    longer = _train(copy.deepcopy(template), images, tmp_path / "w", 4, extra_fingerprint={"code_sha256": "b"},
+                    lr_schedule="constant")  # a finished run continues when asked for more steps
+    assert longer.resumed_from == 2

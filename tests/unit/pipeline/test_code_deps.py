@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -10,7 +13,8 @@ import pytest
 import yaml
 
 from dasgen.config import Config, load_config
-from dasgen.pipeline.code_deps import STAGE_ENTRIES, import_closure, imported_modules, stage_code_deps
+from dasgen.pipeline.code_deps import (PACKAGE_DIR, STAGE_ENTRIES, code_sha256, import_closure, imported_modules,
+                                      stage_code_deps)
 from dasgen.pipeline.dvc_yaml import build_pipeline, render_pipeline
 
 from helpers import REPO
@@ -117,3 +121,40 @@ def test_every_module_a_stage_loads_at_run_time_is_a_listed_dep(workspace, tmp_p
         missing = loaded - deps_of[stage]
         assert not missing, f"stage {stage} loads modules its dvc.yaml deps do not list: {sorted(missing)}"
         assert set(stage_code_deps(stage)) <= deps_of[stage]
+
+
+@pytest.mark.parametrize("edit, same", [
+    (lambda text: text + "\n# a comment at the end\n", True),
+    (lambda text: text.replace('"""Training the segmenter', '"""Training (reworded) the segmenter', 1), True),
+    (lambda text: text.replace("def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:",
+                               "def cross_entropy(\n    logits: torch.Tensor,\n    labels: torch.Tensor,\n)"
+                               " -> torch.Tensor:  # reformatted", 1), True),
+    (lambda text: text.replace('reduction="sum")', 'reduction="sum") * 1.0', 1), False),
+])
+def test_code_hash_ignores_comments_docstrings_and_layout_but_not_code(tmp_path, edit, same):
+    """The resume fingerprints hold the code by its meaning: DVC re-runs a stage after any byte changes, and the
+    stage then finds its finished work valid unless what it computes changed."""
+    package = tmp_path / "dasgen"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_sha256("train_g0", package)
+    target = package / "segment" / "train.py"
+    edited = edit(target.read_text())
+    assert edited != target.read_text()  # the edit applied
+    target.write_text(edited)
+    code_sha256.cache_clear()
+    import_closure.cache_clear()
+    assert (code_sha256("train_g0", package) == before) is same
+    assert code_sha256("train_g0", package) != code_sha256("train_diffusion", package)  # each stage its own code
+
+
+@pytest.mark.parametrize("module", ["config.py", "progress.py", "pipeline/live.py", "io/lock.py"])
+def test_params_parsing_progress_metrics_and_locks_are_not_code_hashed(tmp_path, module):
+    """Params values enter every fingerprint themselves (a new option in config.py keeps finished work), and how
+    progress is shown, metrics logged or directories locked changes no result."""
+    package = tmp_path / "dasgen"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_sha256("train_g0", package)
+    assert (package / module) in import_closure(STAGE_ENTRIES["train_g0"], package)  # it is in the closure ...
+    (package / module).write_text((package / module).read_text() + "\nNEW_NAME = 1\n")
+    code_sha256.cache_clear()
+    assert code_sha256("train_g0", package) == before  # ... and yet not hashed

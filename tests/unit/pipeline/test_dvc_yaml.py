@@ -33,7 +33,7 @@ def test_each_domain_depends_on_the_previous_segmenter():
 
 def test_sgg_params_reach_domain_stages_but_not_training():
     stages = build_pipeline(Config())["stages"]
-    assert "sgg" in stages["domain_001"]["params"]
+    assert "sgg.lambda" in stages["domain_001"]["params"]
     for name in ("train_diffusion", "train_g0", "scan", "toy"):
         assert not any(p == "sgg" or p.startswith("sgg.") for p in stages[name]["params"])
 

@@ -280,3 +280,64 @@ def test_frozen_batchnorm_keeps_statistics_and_affine_while_the_rest_trains(trai
     with pytest.raises(ConfigError, match="batchnorm"):
         train_source(_BatchNormNet(), batch_sampler(data, 2), iters=1, lr=1e-3, generator=torch.Generator(),
                      progress=False, batchnorm="eval")
+
+
+# -- resumable g_0 training ------------------------------------------------------------------------------------------
+
+
+class _DroppedOut(torch.nn.Module):
+    """The toy segmenter behind a dropout layer: its masks come from the global RNG, which a resume must restore."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout2d(0.2)
+        self.net = build_segmenter("toy", width=8)
+
+    def forward(self, x):
+        return self.net(self.drop(x))
+
+
+def _interrupting(sample, at_call: int):
+    calls = [0]
+
+    def draw(generator):
+        calls[0] += 1
+        if calls[0] == at_call:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill does mid-run, as far as the saved state goes
+        return sample(generator)
+    return draw
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_train_source_resumes_to_the_same_weights_and_losses(tmp_path, optimizer):
+    from dasgen.segment.train import Checkpointing
+
+    torch.manual_seed(0)
+    template = _DroppedOut()
+    sample = batch_sampler(colour_dataset(16, 14), 4)
+    augment = {"schedule": SCHEDULE, "max_t": 50, "fraction": 0.5}
+    settings = dict(iters=9, lr=0.05, optimizer=optimizer, augment=augment, progress=False, log_every=2)
+
+    def run(model, sampler, work: str, log: list[str] | None = None):
+        checkpoint = Checkpointing(tmp_path / work, 4, {"recipe": 1}, log=None if log is None else log.append)
+        return train_source(model, sampler, generator=torch.Generator().manual_seed(5), checkpoint=checkpoint,
+                            **settings)
+
+    straight_model = copy.deepcopy(template)
+    torch.manual_seed(1)
+    straight = run(straight_model, sample, "a")
+    torch.manual_seed(1)
+    with pytest.raises(KeyboardInterrupt):  # dies drawing iteration 7's batch: state saved after iteration 4
+        run(copy.deepcopy(template), _interrupting(sample, 7), "b")
+    torch.rand(100)  # disturb the global RNG, as a new process would start from another state
+    log: list[str] = []
+    resumed_model = copy.deepcopy(_DroppedOut())  # other initial weights: the state overrides them
+    resumed = run(resumed_model, sample, "b", log)
+    assert log == [f"resuming from iteration 4 of 9 ({tmp_path / 'b'})"]
+    assert resumed["resumed_from"] == 4 and straight["resumed_from"] is None
+    for key in ("first_loss", "final_loss", "history"):
+        assert resumed[key] == straight[key], key
+    for (name, p), q in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(p, q), name
+    again = run(copy.deepcopy(template), sample, "b", log)  # finished state: restored, nothing trained
+    assert again["resumed_from"] == 9 and again["history"] == straight["history"]
