@@ -1,5 +1,5 @@
 """Imports run downward only: cli -> (research, planning, commands) -> stages -> pipeline -> (the library packages)
--> (io, seeding) -> (labels, config) -> errors, as docs/CONVENTIONS.md draws it.
+-> (io, seeding, progress) -> (labels, config) -> errors, as docs/CONVENTIONS.md draws it.
 
 Read from the source with ``ast`` (module-level and function-level imports alike), so a lazy import inside a
 function cannot hide an arrow that runs back up.
@@ -20,7 +20,7 @@ PACKAGE = Path(dasgen.__file__).parent
 LAYERS = [
     {"errors"},
     {"labels", "config"},
-    {"io", "seeding"},
+    {"io", "seeding", "progress"},
     {"diffusion", "guidance", "segment", "artifact", "export", "datasets"},
     {"pipeline"},
     {"stages"},
