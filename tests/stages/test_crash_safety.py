@@ -211,16 +211,21 @@ def _state_step(state: Path) -> int:
         return 0
 
 
+def _kill_after_a_checkpoint(workspace: Path, command: str, sets: tuple[str, ...], state: Path, unit: str) -> int:
+    """Start ``command`` of 40 steps, kill -9 it once its training state holds step 12 or later; the step saved."""
+    victim = start(workspace, command, sets=sets)
+    kill_when(victim, lambda: _state_step(state) >= 12, f"a checkpoint at {unit} 12 or later")
+    saved = _state_step(state)
+    assert 12 <= saved < 40
+    return saved
+
+
 @pytest.mark.slow
 def test_train_diffusion_killed_resumes_from_its_checkpoint_to_the_same_model(workspace, tmp_path):
     reference_root = tmp_path / "reference"
     shutil.copytree(workspace, reference_root)
     ws = Workspace(workspace)
-    victim = start(workspace, "train-diffusion", sets=DIFFUSION_SETS)
-    kill_when(victim, lambda: _state_step(ws.diffusion_state) >= 12, "a checkpoint at step 12 or later")
-
-    saved = _state_step(ws.diffusion_state)
-    assert 12 <= saved < 40
+    saved = _kill_after_a_checkpoint(workspace, "train-diffusion", DIFFUSION_SETS, ws.diffusion_state, "step")
     assert_no_torn_files(ws.diffusion_state)
     log = finish(start(workspace, "train-diffusion", sets=DIFFUSION_SETS, log="rerun"), workspace, log="rerun")
     assert "diffusion: done" in log
@@ -246,11 +251,7 @@ def test_train_g0_killed_resumes_from_its_checkpoint_to_the_same_model(workspace
     shutil.rmtree(ws.g0_dir)  # the fixture's finished 6-iteration g_0: this test starts from nothing
     reference_root = tmp_path / "reference"
     shutil.copytree(workspace, reference_root)
-    victim = start(workspace, "train-g0", sets=G0_SETS)
-    kill_when(victim, lambda: _state_step(ws.g0_state) >= 12, "a checkpoint at iteration 12 or later")
-
-    saved = _state_step(ws.g0_state)
-    assert 12 <= saved < 40
+    saved = _kill_after_a_checkpoint(workspace, "train-g0", G0_SETS, ws.g0_state, "iteration")
     assert_no_torn_files(ws.g0_dir)
     log = finish(start(workspace, "train-g0", sets=G0_SETS, log="rerun"), workspace, log="rerun")
     assert f"g_0: resuming from iteration {saved} of 40" in log
