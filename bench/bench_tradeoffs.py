@@ -45,7 +45,7 @@ VARIANTS = {
     "steps-25": {"ptl": {"N": 1, "steps_per_domain": 25}},
     "domains-2": {"ptl": {"N": 2, "steps_per_domain": 25}},
     "domains-4": {"ptl": {"N": 4, "steps_per_domain": 25}},
-    "bf16": {"ptl": {"N": 1, "steps_per_domain": 25}, "bf16": True},
+    "bf16": {"ptl": {"N": 1, "steps_per_domain": 25, "unet_bf16": True}},
 }
 COMPARED_TO = {"steps-100": "steps-full", "steps-25": "steps-full", "domains-2": "steps-25", "domains-4": "steps-25",
                "bf16": "steps-25"}  # whose X^N each variant's images are compared with, when that one ran too
@@ -88,20 +88,11 @@ def run_variant(name: str, workspace: Path, args) -> tuple[dict, dict[str, np.nd
     with tempfile.TemporaryDirectory(prefix=f"dasgen-tradeoff-{name}-") as tmp:
         root = prepare(workspace, Path(tmp) / "ws", args.images, args.images_per_domain, overrides)
         config, ws = load_config(root / "params.yaml"), Workspace(root)
-        original = domain_stage.make_eps_fn
-        if overrides.get("bf16"):
-            from dasgen.guidance.sampler import autocast_denoiser
-
-            domain_stage.make_eps_fn = lambda unet: autocast_denoiser(original(unet), torch.bfloat16)
-        try:
-            started = time.perf_counter()
-            metrics = {}
-            for n in range(1, config.ptl.N + 1):
-                metrics = domain_stage.run_domain(config, ws, n, progress=False,
-                                                  console=Console(stderr=True, quiet=True))
-            wall = time.perf_counter() - started
-        finally:
-            domain_stage.make_eps_fn = original
+        started = time.perf_counter()
+        metrics = {}
+        for n in range(1, config.ptl.N + 1):
+            metrics = domain_stage.run_domain(config, ws, n, progress=False, console=Console(stderr=True, quiet=True))
+        wall = time.perf_counter() - started
         final = ws.domain_dir(config.ptl.N, config.ptl.N)
         images = final_images(final)
         entries, _ = load_source_pairs(ws)
@@ -109,7 +100,7 @@ def run_variant(name: str, workspace: Path, args) -> tuple[dict, dict[str, np.nd
         g0 = load_segmenter(ws.segmenter_path(0), expect_classes=19).eval()
         row = {"variant": name, "N": config.ptl.N, "t_final": config.ptl.t_final,
                "steps_per_domain": config.ptl.steps_per_domain, "final_images": len(read_index(final)),
-               "images_per_domain": config.ptl.images_per_domain, "bf16": bool(overrides.get("bf16")),
+               "images_per_domain": config.ptl.images_per_domain, "bf16": config.ptl.unet_bf16,
                "wall_s": round(wall, 1), "consistency_final": metrics["consistency"],
                "consistency_g0": score_with(g0, images, store), "target_miou": metrics["target_miou"],
                "threads": torch.get_num_threads()}

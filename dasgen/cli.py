@@ -325,11 +325,10 @@ def plan(
 ) -> None:
     """Print the run's GPU time, peak GPU memory and disk, then the PTL schedule and its work units, before anything
     runs."""
-    from dasgen.planning.costs import ASSUMED_GPU_TFLOPS
     from dasgen.planning.report import plan_report, render_plan
 
     report = plan_report(State.config(), State.ws(), source_images=source_images, gpus=gpus,
-                         gpu_tflops=ASSUMED_GPU_TFLOPS if gpu_tflops is None else gpu_tflops)
+                         gpu_tflops=gpu_tflops)
     if as_json:
         print(json.dumps(report))
     else:

@@ -13,8 +13,8 @@ resolution they were measured at, on the device named in the entry (``bench/benc
 it), both with dasgen's speed-ups and without them ("baseline": one image per U-Net call with autograd recording,
 LCG as a per-class loop, default memory layout). Costs scale with the pixel count to the params' resolution (exact
 for convolutions; the attention levels, a small share, grow faster). The table also holds FLOPs per unit (counted
-with ``torch.utils.flop_counter``), from which a GPU estimate follows at an *assumed* sustained throughput
-(:data:`ASSUMED_GPU_TFLOPS`) -- an assumption to replace with measured GPU unit costs, not a measurement.
+with ``torch.utils.flop_counter``), from which :mod:`dasgen.planning.gpu` estimates GPU time at an *assumed*
+sustained throughput (:data:`ASSUMED_GPU_TFLOPS`) -- an assumption to replace with measured GPU unit costs.
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
 
     Returns ``{"available": False, "reason": ...}`` when no measured entry matches the params' models; otherwise
     hours on the entry's device (``domain_hours``: per domain; ``total_hours``; ``baseline_total_hours`` without the
-    non-maths speed-ups; ``lcg_loop_total_hours``: everything optimised but LCG as a per-class loop), the split by
-    part, total FLOPs and GPU-hours at :data:`ASSUMED_GPU_TFLOPS`.
+    non-maths speed-ups; ``lcg_loop_total_hours``: everything optimised but LCG as a per-class loop) and the split
+    by part. GPU time from the entry's FLOPs is :func:`dasgen.planning.gpu.estimate_gpu`'s.
     """
     entries = load_unit_costs() if entries is None else entries
     entry, why = entry_for(config, entries, what="unit costs", command="python bench/bench_domain.py --write-costs")
@@ -129,7 +129,6 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
     ft = config.ptl.finetune
     finetune_images = ft.iters * ft.batch_size * (2 if ft.use_src_loss else 1)
     per_domain, baseline, lcg_loop, parts = [], 0.0, 0.0, dict.fromkeys(("unet", "lcg", "gsg", "score", "finetune"), 0.0)
-    domain_flops = []
     for domain in costs:
         units = domain_units(domain, classes_per_image=classes_per_image, finetune_images=finetune_images)
         seconds = _seconds(units, entry["seconds"], scale, baseline=False)
@@ -138,14 +137,6 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
             parts[part] += value
         baseline += sum(_seconds(units, entry["seconds"], scale, baseline=True).values())
         lcg_loop += sum(_seconds(units, entry["seconds"], scale, baseline=False, lcg_baseline=True).values())
-        unit_flops = entry.get("flops", {})
-        if all(name in unit_flops for name in UNITS):
-            domain_flops.append(scale * (units["unet_forward"] * unit_flops["unet_forward"]
-                              + (units["seg_guidance_lcg"] + units["seg_guidance_gsg"]) * unit_flops["seg_guidance"]
-                              + units["seg_forward"] * unit_flops["seg_forward"]
-                              + units["seg_train"] * unit_flops["seg_train"]))
-    flops = sum(domain_flops)
-    gpu_hours = [f / (ASSUMED_GPU_TFLOPS * 1e12) / 3600 for f in domain_flops]
     total = sum(per_domain)
     hours = [s / 3600 for s in per_domain]
     return {
@@ -164,10 +155,6 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
         "baseline_total_hours": baseline / 3600,
         "lcg_loop_total_hours": lcg_loop / 3600,
         "speedup_vs_baseline": baseline / total if total else None,
-        "total_flops": flops or None,
-        "gpu_hours_at_assumed_throughput": sum(gpu_hours) if gpu_hours else None,
-        "domain_gpu_hours_at_assumed_throughput": gpu_hours or None,
-        "assumed_gpu_tflops": ASSUMED_GPU_TFLOPS,
     }
 
 
@@ -202,11 +189,4 @@ def render_estimate(estimate: dict[str, Any]) -> list[str]:
         f"(x{estimate['speedup_vs_baseline']:.2f})",
         f"  per-class loop for LCG alone: {format_hours(estimate['lcg_loop_total_hours'])}",
     ]
-    if estimate.get("gpu_hours_at_assumed_throughput"):
-        gpu = estimate["domain_gpu_hours_at_assumed_throughput"]
-        lines.append(f"  FLOP-bound GPU time: total {format_hours(estimate['gpu_hours_at_assumed_throughput'])}; "
-                     f"per domain first {format_hours(gpu[0])},")
-        lines.append(f"    median {format_hours(statistics.median(gpu))}, last {format_hours(gpu[-1])} "
-                     f"({estimate['total_flops']:.3g} FLOPs at an assumed")
-        lines.append(f"    {estimate['assumed_gpu_tflops']:.0f} TFLOP/s sustained: an assumption, not a measurement)")
     return lines

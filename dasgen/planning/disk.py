@@ -4,8 +4,10 @@ Counted from the schedule and the models' exact sizes (float32 safetensors: 4 by
 
 - translated images: every domain's images, at their uncompressed size (H x W x 3 bytes) -- an upper bound: PNG (a
   folder, or the bytes inside Parquet shards) compresses them by an amount that depends on the content;
-- segmenter checkpoints: g_0 and one g_n per domain, each the whole network (``ptl.N + 1`` files);
-- the DDPM: the model, and while it trains its training state (weights, EMA, Adam's two moments);
+- segmenter checkpoints: g_0 and the g_n that ``ptl.keep_segmenters`` keeps (all: ``ptl.N + 1`` files), each the
+  whole network;
+- the DDPM: the model and its training state (weights, EMA, Adam's two moments; kept after training, so that a
+  re-run trains nothing);
 - DVC's cache holds a second copy of every stage output unless ``cache.type`` links instead of copying (reflink on
   filesystems that support it, or hardlink/symlink): ``dvc_cache_copy`` is that copy.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from dasgen.config import Config
+from dasgen.pipeline.keep_segmenters import keeps_segmenter
 from dasgen.planning.plan import DomainCost
 
 GB = 1e9
@@ -28,15 +31,16 @@ def estimate_disk(config: Config, costs: list[DomainCost], params: dict[str, int
     image_bytes = height * width * 3
     images = sum(c.images for c in costs) * image_bytes
     checkpoint = 4 * params["segmenter"]
-    checkpoints = (len(costs) + 1) * checkpoint  # g_0 .. g_N
+    kept = 1 + sum(keeps_segmenter(config, c.n) for c in costs)  # g_0 and the g_n left on disk
+    checkpoints = kept * checkpoint
     unet = 4 * (params["unet"] or 0)
-    ddpm_state = unet * (3 + (config.diffusion.train.ema_decay is not None)) if params["unet"] else 0
+    ddpm_state = unet * (3 + (config.diffusion.train.ema_decay is not None))
     outputs = images + checkpoints + unet
     return {
         "translated_images_gb": images / GB,
         "final_domain_images_gb": (costs[-1].images * image_bytes if costs else 0) / GB,
         "image_bytes": image_bytes,
-        "segmenter_checkpoints": len(costs) + 1,
+        "segmenter_checkpoints": kept,
         "segmenter_checkpoint_gb": checkpoint / GB,
         "segmenter_checkpoints_gb": checkpoints / GB,
         "ddpm_gb": unet / GB,

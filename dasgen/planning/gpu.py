@@ -22,27 +22,29 @@ import math
 from typing import Any
 
 from dasgen.config import Config
-from dasgen.planning.costs import ASSUMED_GPU_TFLOPS, UNITS, domain_units, find_entry, load_unit_costs, model_signature
+from dasgen.planning.costs import ASSUMED_GPU_TFLOPS, UNITS, domain_units, entry_for, format_hours, load_unit_costs
 from dasgen.planning.plan import DomainCost
 
 BACKWARD_FACTOR = 3.0  # forward + backward ~ 3 forwards (see the module docstring)
 
 
 def estimate_gpu(config: Config, costs: list[DomainCost], classes_per_image: float, *, gpus: int = 1,
-                 tflops: float = ASSUMED_GPU_TFLOPS, entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """GPU-hours of DDPM training, g_0 and the domains at ``tflops``, and the wall time on 1 and ``gpus`` GPUs."""
+                 tflops: float | None = None, entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """GPU-hours of DDPM training, g_0 and the domains at ``tflops`` (None: :data:`ASSUMED_GPU_TFLOPS`), and the wall
+    time on 1 and ``gpus`` GPUs."""
     entries = load_unit_costs() if entries is None else entries
-    entry = find_entry(entries, model_signature(config))
-    if entry is None or not all(name in entry.get("flops", {}) for name in UNITS):
-        why = ("diffusion.pretrained: the U-Net's architecture is not in the params" if config.diffusion.pretrained
-               else "no measured FLOPs for this U-Net and segmenter; run `python bench/bench_domain.py --write-costs`")
+    command = "python bench/bench_domain.py --write-costs"
+    entry, why = entry_for(config, entries, what="FLOPs", command=command)
+    if entry is not None and not all(name in entry.get("flops", {}) for name in UNITS):
+        entry, why = None, f"no measured FLOPs for this U-Net and segmenter; run `{command}` to add them"
+    if entry is None:
         return {"available": False, "reason": why}
+    assumed, tflops = tflops is None, ASSUMED_GPU_TFLOPS if tflops is None else tflops
     flops = entry["flops"]
     scale = config.data.resolution[0] * config.data.resolution[1] / (entry["measured_at"][0] * entry["measured_at"][1])
     rate = tflops * 1e12  # FLOP/s
     train, g0, ft = config.diffusion.train, config.segmenter.source_train, config.ptl.finetune
-    ddpm_s = 0.0 if config.diffusion.pretrained else \
-        train.steps * train.batch_size * BACKWARD_FACTOR * flops["unet_forward"] * scale / rate
+    ddpm_s = train.steps * train.batch_size * BACKWARD_FACTOR * flops["unet_forward"] * scale / rate
     g0_s = g0.iters * g0.batch_size * flops["seg_train"] * scale / rate
     finetune_images = ft.iters * ft.batch_size * (2 if ft.use_src_loss else 1)
     translate_s, finetune_s, wall_domains = [], [], 0.0
@@ -61,7 +63,7 @@ def estimate_gpu(config: Config, costs: list[DomainCost], classes_per_image: flo
     return {
         "available": True,
         "assumed_tflops": tflops,
-        "tflops_is_assumption": tflops == ASSUMED_GPU_TFLOPS,
+        "tflops_is_assumption": assumed,
         "gpu_hours": {"ddpm_training": ddpm_s / 3600, "g0": g0_s / 3600, "translation": sum(translate_s) / 3600,
                       "finetune": sum(finetune_s) / 3600, "total": total_s / 3600},
         "gpus": gpus,
@@ -72,8 +74,6 @@ def estimate_gpu(config: Config, costs: list[DomainCost], classes_per_image: flo
 
 def render_gpu(gpu: dict[str, Any]) -> list[str]:
     """The GPU-time lines ``dasgen plan`` prints first."""
-    from dasgen.planning.costs import format_hours
-
     if not gpu.get("available"):
         return [f"GPU time: not available ({gpu.get('reason')})"]
     hours, wall = gpu["gpu_hours"], gpu["wall_hours"]

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dasgen.config import Config
-from dasgen.planning.costs import ASSUMED_GPU_TFLOPS, estimate_cost, render_estimate
+from dasgen.planning.costs import estimate_cost, render_estimate
 from dasgen.planning.disk import estimate_disk, render_disk
 from dasgen.planning.gpu import estimate_gpu, render_gpu
 from dasgen.planning.memory import estimate_memory, parameter_counts, render_memory
@@ -19,11 +19,11 @@ from dasgen.pipeline.common import load_source_pairs
 
 
 def plan_report(config: Config, ws: Workspace, *, source_images: int | None = None, gpus: int = 1,
-                gpu_tflops: float = ASSUMED_GPU_TFLOPS) -> dict:
+                gpu_tflops: float | None = None) -> dict:
     """The schedule of every domain and the totals; uses the scanned source (if any) for image and class counts.
 
     ``source_images`` prices a source that is not scanned yet (e.g. 24,966 for GTA5). ``gpus``: the K of the wall
-    time on K GPUs; ``gpu_tflops``: sustained throughput per GPU (default: the assumption in planning/costs.py).
+    time on K GPUs; ``gpu_tflops``: sustained throughput per GPU (None: the assumption in planning/costs.py).
     ``warnings`` says what was assumed for want of a scan.
     """
     classes, measured = ASSUMED_CLASSES_PER_IMAGE, False

@@ -94,6 +94,9 @@ def test_disk_counts_every_checkpoint_image_and_the_dvc_copy():
     assert disk["translated_images_gb"] == pytest.approx((599 * 600 + 24966) * 256 * 512 * 3 / 1e9)
     assert disk["dvc_cache_copy_gb"] == pytest.approx(disk["outputs_gb"])
     assert disk["total_gb"] == pytest.approx(2 * disk["outputs_gb"] + disk["ddpm_training_state_gb"])
+    fewer = estimate_disk(load_config(REPO / "params-paper.yaml", {"ptl.keep_segmenters": "stage_last"}), costs, params)
+    assert fewer["segmenter_checkpoints"] == 32  # g_0, g_599 and the last g_n of each of the 30 stages (g_600 among them)
+    assert fewer["segmenter_checkpoints_gb"] == pytest.approx(105.8 * 32 / 601, abs=0.1)
 
 
 def test_gpu_time_covers_ddpm_g0_and_domains_and_splits_over_k(config):
