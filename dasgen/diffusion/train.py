@@ -1,12 +1,12 @@
 """DDPM training of the denoiser on unlabelled target images (paper Sec. 3, Eq. 5; settings of Sec. 5.1).
 
 Each step draws a batch x_0, a position t uniformly over the schedule and noise eps, forms x_t with Eq. 2 and takes an
-Adam step on Eq. 5, || eps_theta(x_t, t) - eps ||^2. Optional: an EMA of the weights (DDPM evaluates the EMA model),
-random horizontal flips (DDPM's CIFAR-10 / LSUN augmentation) and a cosine learning-rate decay. The schedule passed in
+Adam step on Eq. 5, || eps_theta(x_t, t) - eps ||^2. Optional: an EMA of the weights (DDPM evaluates the EMA model)
+and a cosine learning-rate decay; the batch sampler does the augmentation (DDPM's random flips). The schedule passed in
 may be truncated (``NoiseSchedule.truncated``): t is then drawn from its positions only, a named deviation for
 pipelines whose translations never noise past a known level.
 
-Every random draw (batch, flips, t, eps, dropout) comes from one CPU ``torch.Generator`` seeded with ``seed`` and saved
+Every random draw (batch and its flips, t, eps, dropout) comes from one CPU ``torch.Generator`` seeded with ``seed`` and saved
 with the training state, so a run resumed from ``work_dir`` ends with the same weights as an uninterrupted one.
 """
 
@@ -95,16 +95,12 @@ def _train_step(
     schedule: NoiseSchedule,
     generator: torch.Generator,
     batch_size: int,
-    hflip: bool,
     device: torch.device,
 ) -> float:
     """One optimisation step of Eq. 5; returns the batch loss."""
     x0 = sample_batch(generator, batch_size)  # (B, 3, H, W) in [-1, 1]
     if x0.ndim != 4 or x0.shape[:2] != (batch_size, 3) or not x0.is_floating_point():
         raise ValueError(f"sample_batch must return float ({batch_size}, 3, H, W), got {tuple(x0.shape)} {x0.dtype}")
-    if hflip:
-        flip = torch.rand(batch_size, generator=generator) < 0.5  # (B,)
-        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
     positions = torch.randint(len(schedule), (batch_size,), generator=generator)  # t ~ U over the schedule
     noise = torch.randn(x0.shape, generator=generator)  # eps ~ N(0, I), drawn on CPU: same on every device
     dropout_seed = int(torch.randint(2**62, (1,), generator=generator))
@@ -138,7 +134,6 @@ def train_ddpm(
     work_dir: Path,
     checkpoint_every: int,
     log_path: Path | None,
-    hflip: bool = False,
     progress: bool = True,
     extra_fingerprint: dict[str, object] | None = None,
     log: Callable[[str], None] | None = None,
@@ -152,7 +147,7 @@ def train_ddpm(
     ``generator`` only. Adam with ``lr`` and ``adam_betas`` (Sec. 5.1: 2e-5, (0.9, 0.99)). ``ema_decay`` (e.g. DDPM's
     0.9999) keeps an EMA of the weights with diffusers' ``EMAModel`` warm-up, decay min(ema_decay, (1+n)/(10+n)) at
     update n, which equals DDPM's plain EMA after ~10^5 steps and makes the EMA usable on short toy runs; ``None``
-    turns it off. ``hflip`` flips each image horizontally with probability 1/2. ``lr_schedule``: see
+    turns it off. Augmentation (DDPM's random flips) is the sampler's: ``dasgen.datasets.pairs.PairStore.sampler``. ``lr_schedule``: see
     :func:`learning_rate`.
 
     Every ``checkpoint_every`` steps, and at the end, the training state goes to ``work_dir``; a state found there at
@@ -181,7 +176,7 @@ def train_ddpm(
     learning_rate(lr, 1, steps, lr_schedule)  # an unknown schedule fails before any work
     fingerprint = _fingerprint(
         unet, schedule, batch_size=batch_size, lr=lr, adam_betas=list(adam_betas), ema_decay=ema_decay, seed=seed,
-        hflip=hflip, **(extra_fingerprint or {}),
+        **(extra_fingerprint or {}),
         # a cosine schedule's rates depend on its length: a run resumed with other steps would follow another curve
         **({"lr_schedule": lr_schedule, "lr_schedule_steps": steps} if lr_schedule != "constant" else {}),
     )
@@ -208,7 +203,7 @@ def train_ddpm(
             for step in range(start + 1, steps + 1):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(lr, step, steps, lr_schedule)
-                loss = _train_step(unet, optimizer, sample_batch, schedule, generator, batch_size, hflip, device)
+                loss = _train_step(unet, optimizer, sample_batch, schedule, generator, batch_size, device)
                 if ema is not None:
                     ema.step(unet.parameters())
                 losses.append(loss)

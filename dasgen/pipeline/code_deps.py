@@ -47,6 +47,9 @@ RESULT_CODE: dict[str, tuple[str, ...]] = {
     "domain": STAGE_ENTRIES["domain"],
     "roundtrip": ("dasgen.pipeline.diffusion_fidelity",),  # the DDPM's round trip, kept with its training state
 }
+# Modules hashed on their own, without what they import: the DDPM stage's file draws the U-Net's initial weights and
+# its batches, but it imports the round trip (and so the guided sampler), which its weights do not depend on.
+RESULT_CODE_ALONE: dict[str, tuple[str, ...]] = {"train_diffusion": ("dasgen.stages.train_diffusion",)}
 # Left out of every code hash: config.py only parses params, and every param value a stage uses is in its fingerprint
 # already (a new params key enters it there). The others only show progress, log metrics or lock directories: no
 # edit to them can change a weight or a pixel.
@@ -145,13 +148,15 @@ def source_meaning(source: str) -> str:
 
 @lru_cache(maxsize=None)
 def code_sha256(stage: str, package_dir: Path = PACKAGE_DIR) -> str:
-    """sha256 of the meaning (:func:`source_meaning`) of every module in ``stage``'s :data:`RESULT_CODE` closure.
+    """sha256 of the meaning (:func:`source_meaning`) of every module in ``stage``'s :data:`RESULT_CODE` closure and
+    of its :data:`RESULT_CODE_ALONE` modules.
 
     A comment, docstring or reformatting edit leaves it unchanged, so DVC may re-run the stage's command (it hashes
     file bytes) while the stage finds its finished work valid and redoes nothing; a real code change alters it.
     """
     digest = hashlib.sha256()
-    for path in sorted(import_closure(RESULT_CODE[stage], package_dir)):
+    alone = {module_file(module, package_dir) for module in RESULT_CODE_ALONE.get(stage, ())}
+    for path in sorted(import_closure(RESULT_CODE[stage], package_dir) | alone):
         rel = path.relative_to(package_dir).as_posix()
         if rel in NOT_CODE_HASHED:
             continue

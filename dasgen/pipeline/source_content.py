@@ -50,6 +50,16 @@ def content_sha256(record: dict) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def listing_sha256(root: Path, entries: list[Entry]) -> str:
+    """sha256 of each entry's id and file sizes: a cheap stand-in for the content of a dataset no scan hashes (the
+    DDPM's unlabelled target images), so that another set of images, or images replaced by others of another size,
+    make another fingerprint."""
+    digest = hashlib.sha256()
+    for entry in sorted(entries, key=lambda e: e.id):
+        digest.update(f"{entry.id}:{':'.join(str(p.stat().st_size) for p in _files(root, entry))}\n".encode())
+    return digest.hexdigest()
+
+
 def check_unchanged(record: dict, root: Path, entries: list[Entry]) -> None:
     """Raise a one-line DasgenError when a source file of ``entries`` is gone or its size differs from the scan's.
 

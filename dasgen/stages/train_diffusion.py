@@ -26,6 +26,7 @@ from dasgen.pipeline.code_deps import code_sha256
 from dasgen.pipeline.common import canonical_root, resolve_device, target_reader, write_json
 from dasgen.pipeline.diffusion_fidelity import round_trip
 from dasgen.pipeline.live import live_dir, live_metrics, warner as _warner
+from dasgen.pipeline.source_content import listing_sha256
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import atomic_write_bytes, sha256_file
 from dasgen.io.lock import directory_lock
@@ -68,6 +69,20 @@ def _round_trip(config: Config, ws: Workspace, unet, model_sha256: str, device) 
     atomic_write_bytes(picture, ws.roundtrip_png.read_bytes())
     write_json(record_path, {"fingerprint": fingerprint, "result": result, "picture_sha256": sha256_file(picture)})
     return result
+
+
+def diffusion_fingerprint(config: Config, ws: Workspace, entries: list) -> dict:
+    """What the DDPM's weights depend on beyond :func:`~dasgen.diffusion.train.train_ddpm`'s own arguments (which
+    fingerprint themselves): the stage's code, the target images it learns (their listing: ids and file sizes) and how
+    they are read (resolution, flips). A training state made with anything else is not resumed."""
+    target = config.data.target
+    return {
+        "code_sha256": code_sha256("train_diffusion"),
+        "hflip": config.diffusion.train.hflip,  # flipped by the stage's sampler, not by train_ddpm
+        "resolution": list(config.data.resolution),
+        "target": {"kind": target.kind, "split": target.train_split, "root": canonical_root(target.root, ws.root)},
+        "target_listing_sha256": listing_sha256(ws.root / target.root, entries),
+    }
 
 
 def _train_diffusion(config: Config, ws: Workspace, *, progress: bool, console: Console) -> dict:
@@ -113,7 +128,7 @@ def _train_diffusion(config: Config, ws: Workspace, *, progress: bool, console: 
                             ema_decay=d.train.ema_decay, lr_schedule=d.train.lr_schedule, seed=config.run.seed,
                             work_dir=ws.diffusion_state, checkpoint_every=d.train.checkpoint_every,
                             log_path=log_path, progress=progress, console=console, on_metrics=on_metrics,
-                            extra_fingerprint={"code_sha256": code_sha256("train_diffusion")},
+                            extra_fingerprint=diffusion_fingerprint(config, ws, entries),
                             log=lambda line: console.print(f"diffusion: {line}", highlight=False,
                                                               soft_wrap=True))
     sha = save_denoiser(result.model, ws.diffusion_model)

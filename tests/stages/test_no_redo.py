@@ -30,3 +30,12 @@ def test_train_diffusion_rerun_restores_its_state_and_reuses_its_round_trip(work
     other = load_config(workspace / "params.yaml", {"diffusion.fidelity_levels": [10]})  # what it measures changed
     with pytest.raises(AssertionError, match="computed again"):
         stage.run_train_diffusion(other, ws, progress=False)
+
+
+@pytest.mark.parametrize("overrides", [{"diffusion.train.hflip": False}, {"data.target.train_split": "val"}])
+def test_a_finished_ddpm_is_not_restored_for_other_images_or_flips(workspace, overrides):
+    """The kept training state holds what the DDPM learnt from: other target images (another split) or another
+    augmentation (no flips) train afresh instead of restoring the finished DDPM."""
+    ws = Workspace(workspace)
+    after = stage.run_train_diffusion(load_config(workspace / "params.yaml", overrides), ws, progress=False)
+    assert after["resumed_from"] is None and after["steps"] == 6

@@ -61,7 +61,7 @@ def _sampler(images: torch.Tensor, fail_at_call: int | None = None):
 def _train(unet, images, work_dir: Path, steps: int, *, log_path=None, fail_at_call=None, **overrides):
     settings = dict(
         steps=steps, batch_size=4, lr=2e-3, ema_decay=0.9, seed=3, work_dir=work_dir, checkpoint_every=2,
-        log_path=log_path, hflip=True, progress=False,
+        log_path=log_path, progress=False,
     )
     settings.update(overrides)
     return train_ddpm(unet, _sampler(images, fail_at_call), NoiseSchedule.linear(), **settings)
