@@ -252,6 +252,11 @@ class Config:
         provenance."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
+    def result_sha256(self) -> str:
+        """Hash of :meth:`result_dict`: equal for two params that give the same results (what a recorded run is
+        matched by, so that a memory or batching knob does not make it stale)."""
+        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loading

@@ -106,7 +106,7 @@ def prepare_data(spec: AblationSpec, *, console: Console) -> Workspace:
     """The shared workspace's data: the toy, the scanned source pairs and the oracle's toy (skipped when done)."""
     config = params(spec, spec.common)
     ws = Workspace(spec.out / "shared")
-    d = config.to_dict()
+    d = config.result_dict()
     data_marker = ws.data / ".ablation-data.json"
     data_print = {"toy": d["toy"], "data": d["data"]}
     if not _marker_matches(data_marker, data_print) or not ws.source_pairs.is_file():
@@ -129,7 +129,7 @@ def prepare_ddpm(spec: AblationSpec, ws: Workspace, *, ddpm: Path | None, consol
     trained with the base params. A kept DDPM trained here with other diffusion params is retrained. Returns its sha256.
     """
     config = params(spec, spec.common)
-    d = config.to_dict()
+    d = config.result_dict()  # a checkpoint interval changed keeps the DDPM
     model_file = ws.diffusion_model / WEIGHTS_NAME
     marker = ws.diffusion_dir / ".ablation-ddpm.json"
     trained_print = {"diffusion": d["diffusion"], "seed": config.run.seed, "resolution": d["data"]["resolution"],
@@ -270,7 +270,7 @@ def train_oracle(config: Config, oracle_toy: Path, path: Path, *, device: torch.
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, 0, "train-oracle"))
     train_source(model, sample_batch, iters=st.iters, lr=st.lr, momentum=st.momentum, weight_decay=st.weight_decay,
                  optimizer=st.optimizer, augment=augment_settings(config, st.aug_fraction), generator=generator,
-                 progress=False, checkpoint=Checkpointing(path.parent / "state", st.checkpoint_every,
+                 progress=False, batchnorm=config.segmenter.batchnorm, checkpoint=Checkpointing(path.parent / "state", st.checkpoint_every,
                                                           oracle_fingerprint(config, oracle_toy), log=log))
     model.eval()
     save_segmenter(model, path, meta={"domain": 0, "trained_on": "target (oracle)"})
@@ -325,7 +325,7 @@ def run_variant(spec: AblationSpec, variant: Variant, seed: int, shared: Workspa
     config = variant_config(spec, variant, seed)
     root = spec.out / f"seed-{seed}" / variant.name
     ws = _linked_workspace(root, shared, g0=inputs["g0"].parent)
-    fingerprint = {"params_sha256": config.sha256(),
+    fingerprint = {"result_sha256": config.result_sha256(),
                    "diffusion_sha256": sha256_file(shared.diffusion_model / WEIGHTS_NAME),
                    "g0_sha256": sha256_file(inputs["g0"]), "oracle_sha256": sha256_file(inputs["oracle"])}
     result_path = root / RESULT_FILE
@@ -352,6 +352,7 @@ def run_variant(spec: AblationSpec, variant: Variant, seed: int, shared: Workspa
     result = {"seed": seed, "variant": variant.name, "target_miou": curve[-1]["target_miou"],
               "consistency": consistency, "pipeline_consistency": curve[-1]["consistency"], "domains": N,
               "finetune_iters": config.ptl.finetune.iters, "curve": curve, "params_sha256": config.sha256(),
+              "result_sha256": config.result_sha256(),
               "overrides": {**spec.common, "run.seed": seed, **variant.overrides,
                             "ptl.finetune.iters": config.ptl.finetune.iters},
               "fingerprint": fingerprint, "wall_s": round(time.time() - started, 1)}

@@ -80,7 +80,7 @@ def build_report(spec: AblationSpec, *, command: str, wall_s: float) -> dict:
                 if row.name in spec.reference:  # the rule prepare_seed reuses g_0 and the oracle by
                     current = result.get("fingerprint") == reference_fingerprint(spec, seed_config(spec, seed))
                 else:
-                    current = result.get("params_sha256") == variant_config(spec, row, seed).sha256()
+                    current = result.get("result_sha256") == variant_config(spec, row, seed).result_sha256()
                 if not current:  # written under other params: not this spec's result
                     stale.append(f"seed-{seed}/{row.name}")
                     continue

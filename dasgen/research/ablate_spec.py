@@ -194,7 +194,7 @@ def reference_fingerprint(spec: AblationSpec, config: Config) -> dict:
     """What g_0 and the oracle of one seed depend on (the reference rows ``source-only`` and ``oracle``): the seed,
     toy, data, segmenter recipe and the noise schedule of g_0's augmentation -- not the translation params, so a
     spec that changes only the sampler or PTL keeps its g_0s and oracles, and their rows."""
-    d = config.to_dict()
+    d = config.result_dict()
     return {"seed": config.run.seed, "toy": d["toy"], "data": d["data"], "segmenter": d["segmenter"],
             "t_final": config.ptl.t_final, "schedule": {k: d["diffusion"][k] for k in
                                                        ("num_train_timesteps", "beta_start", "beta_end")},

@@ -45,7 +45,8 @@ def train_g0_recipe(config: Config, x: torch.Tensor, y: torch.Tensor, root: Path
     generator = torch.Generator().manual_seed(image_seed(config.run.seed, 0, "train-g0"))
     train_source(model, flip_sampler(x, y, st.batch_size), iters=st.iters, lr=st.lr, momentum=st.momentum,
                  weight_decay=st.weight_decay, optimizer=st.optimizer,
-                 augment=augment_settings(config, st.aug_fraction), generator=generator, progress=False)
+                 augment=augment_settings(config, st.aug_fraction), generator=generator, progress=False,
+                 batchnorm=config.segmenter.batchnorm)
     score = score_on_target(model.eval(), config, torch.device("cpu"), target_val_store(config, root))
     per_class = {name: round(value * 100, 1) for name, value in score["per_class"].items() if value == value}
     return round(score["miou"] * 100, 1), per_class

@@ -33,6 +33,7 @@ def test_a_knob_without_effect_changes_no_fingerprint_and_no_stage_params(tiny_w
     ws = Workspace(tiny_workspace)
     same = key in NO_EFFECT_PARAMS  # sgg.lambda: a real knob, to show the checks can fail
     assert (changed.result_dict() == base.result_dict()) is same
+    assert (changed.result_sha256() == base.result_sha256()) is same  # what ablation rows are matched by
     assert (domain_fingerprint(changed, 1, ws) == domain_fingerprint(base, 1, ws)) is same
     assert g0_fingerprint(changed, ws) == g0_fingerprint(base, ws)  # g_0 depends on none of them (nor on sgg)
     assert (_covering(build_pipeline(changed), key) == []) is same
