@@ -143,8 +143,7 @@ class SourceTrainConfig:
     momentum: float = knob(0.9, min=0.0, max=1.0)  # paper: 0.9
     weight_decay: float = knob(5e-4, min=0.0)
     aug_fraction: float = knob(0.1, min=0.0, max=1.0)  # Supp. C: 10 % of samples noised (Eq. 2) and masked
-    # resumable training state every this many iterations (no effect on the weights); not hashed at its default, so
-    # runs recorded before it existed keep their params hash
+    # resumable training state every this many iterations (no effect on the weights: in NO_EFFECT_PARAMS)
     checkpoint_every: int = knob(500, min=1)
 
 

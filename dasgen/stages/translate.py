@@ -103,8 +103,7 @@ def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dic
                        known_sha256: dict[str, str] | None = None) -> dict:
     """Everything domain n's images depend on; a resume with a different fingerprint starts the domain afresh.
 
-    Built from :meth:`Config.result_dict` (no memory or batching knob; an option added off leaves the fingerprint of
-    finished domains unchanged), the meaning of the stage's code (:func:`code_sha256`: a comment or docstring edit
+    Built from :meth:`Config.result_dict` (no memory or batching knob), the meaning of the stage's code (:func:`code_sha256`: a comment or docstring edit
     keeps finished domains, a real change redoes them) and the source content the scan hashed (``source_record``,
     read from ``data/source_pairs.json`` when not given). ``known_sha256`` (``{"diffusion": ..., "segmenter_in":
     ...}``) spares hashing files whose digest the caller has (``dasgen status`` over 600 domains)."""
