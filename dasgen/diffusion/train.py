@@ -157,7 +157,7 @@ def train_ddpm(
     must share (the stage passes its code's hash). ``log`` receives one line saying where training starts from. The
     loss of each step is appended to the CSV ``log_path`` (header ``step,loss``), flushed every few seconds.
     ``on_metrics(step, {"loss", "lr"})`` receives the mean loss of the last ``metrics_every`` steps and the learning
-    rate every ``metrics_every`` steps (a resumed run first replays the steps it restored). Progress goes to
+    rate every ``metrics_every`` steps and at the last (a resumed run first replays the steps it restored). Progress goes to
     ``console`` (:class:`~dasgen.progress.LoopProgress`). Returns the final model (a copy
     holding the EMA weights when EMA is on, else ``unet`` itself), in eval mode; the caller saves it with
     ``save_denoiser``.
@@ -191,8 +191,11 @@ def train_ddpm(
         log(f"resuming from step {start} of {steps} ({work_dir})" if restored else
             f"starting at step 0 of {steps}" + (f" (finished state of {dropped} replaced)" if dropped else ""))
 
+    def logged(step: int) -> bool:  # every metrics_every steps, and the last step
+        return step % metrics_every == 0 or step == steps
+
     if on_metrics is not None:  # the curve so far first, so the metrics always hold it from step 1
-        for step in range(metrics_every, start + 1, metrics_every):
+        for step in filter(logged, range(1, start + 1)):
             on_metrics(step, _logged_metrics(losses, step, metrics_every, lr, steps, lr_schedule))
     csv = _start_loss_log(log_path, losses)
     flushed = time.monotonic()
@@ -212,7 +215,7 @@ def train_ddpm(
                     if time.monotonic() - flushed >= CSV_FLUSH_S:  # readable while training, not only at checkpoints
                         csv.flush()
                         flushed = time.monotonic()
-                if on_metrics is not None and step % metrics_every == 0:
+                if on_metrics is not None and logged(step):
                     on_metrics(step, _logged_metrics(losses, step, metrics_every, lr, steps, lr_schedule))
                 recent = losses[-50:]
                 bar.advance(loss=sum(recent) / len(recent))

@@ -39,13 +39,13 @@ def test_train_g0_sent_to_a_file_prints_progress_lines_while_it_runs(workspace):
 def test_training_metrics_are_logged_with_dvclive(tiny_workspace):
     """The fixture's DDPM (6 steps) and g_0 (6 iterations) logged their curves where dvc.yaml declares them."""
     ws = Workspace(tiny_workspace)
-    for name, last in (("diffusion", None), ("g0", 6)):
+    for name in ("diffusion", "g0"):
         directory = live_dir(ws, name)
         rows = (live_plots(directory) / "loss.tsv").read_text().splitlines()
         assert rows[0] == "step\tloss"
         summary = json.loads((directory / "metrics.json").read_text())
-        if last is not None:  # g_0 logs at its last iteration; the DDPM every 50 steps (none in 6)
-            assert summary["step"] == last and float(rows[-1].split("\t")[1]) == summary["loss"]
+        # both log at their last step (and every 50 steps / log_every iterations before it)
+        assert summary["step"] == 6 and float(rows[-1].split("\t")[1]) == summary["loss"]
 
 
 def test_status_shows_stages_the_current_domain_and_an_eta(workspace):

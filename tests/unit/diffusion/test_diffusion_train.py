@@ -391,3 +391,19 @@ def test_a_finished_state_is_kept_restored_as_is_and_replaced_only_for_other_set
     longer = _train(copy.deepcopy(template), images, tmp_path / "w", 4, extra_fingerprint={"code_sha256": "b"},
                     lr_schedule="constant")  # a finished run continues when asked for more steps
     assert longer.resumed_from == 2
+
+
+def test_training_metrics_are_logged_every_n_steps_and_at_the_end_also_after_a_resume(template, images, tmp_path):
+    """on_metrics hears steps 2, 4 and the last, 5; a run killed at step 5 and resumed from its step-4 state first
+    replays 2 and 4 from that state, with the values the uninterrupted run logged."""
+    straight: list = []
+    _train(copy.deepcopy(template), images, tmp_path / "a", 5, on_metrics=lambda s, m: straight.append((s, m)),
+           metrics_every=2)
+    assert [s for s, _ in straight] == [2, 4, 5]
+    first, resumed = [], []
+    with pytest.raises(KeyboardInterrupt):
+        _train(copy.deepcopy(template), images, tmp_path / "b", 5, fail_at_call=5,
+               on_metrics=lambda s, m: first.append(s), metrics_every=2)
+    _train(copy.deepcopy(template), images, tmp_path / "b", 5, on_metrics=lambda s, m: resumed.append((s, m)),
+           metrics_every=2)
+    assert first == [2, 4] and resumed == straight
