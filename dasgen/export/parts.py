@@ -37,7 +37,7 @@ from dasgen.export.journal import IN_PROGRESS_FILE, JournalWriter, is_temp_of, r
 from dasgen.io.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, sha256_bytes, sha256_file
 from dasgen.artifact.reader import iter_domain_pngs
 from dasgen.artifact.schema import MANIFEST_FILE  # noqa: F401 (re-exported: the export API names it here)
-from dasgen.io.paths import id_problem, is_safe_relpath, relpath_posix, resolve_inside
+from dasgen.io.paths import id_problem, is_safe_relpath, refuse_location, relpath_posix, resolve_inside
 from dasgen.io.png import check_label, decode_png, encode_png
 
 LabelLoader = Callable[[dict[str, Any]], np.ndarray]
@@ -235,27 +235,10 @@ class FileRecord:
 
 CARD_FILE = "README.md"  # the dataset card
 
-def _relation(out: Path, guarded: Path) -> str | None:
-    """How resolved ``out`` touches resolved ``guarded``: "is", "lies inside", "contains", or None."""
-    if out == guarded:
-        return "is"
-    if guarded in out.parents:
-        return "lies inside"
-    if out in guarded.parents:
-        return "contains"
-    return None
-
-
 def check_out_dir_location(out_dir: Path, protect: Mapping[Path, str]) -> None:
     """Refuse an output directory that is, lies inside or contains a protected path (the domain being exported, the
     source and target roots, the workspace's artifacts: ``{path: what it is}``), or the filesystem root / home."""
-    real = out_dir.resolve()
-    if real == Path(real.anchor) or real == Path.home().resolve():
-        raise DasgenError(f"refusing to export into {out_dir}: it is the filesystem root or the home directory")
-    for path, what in protect.items():
-        relation = _relation(real, path.resolve())
-        if relation is not None:
-            raise DasgenError(f"refusing to export into {out_dir}: it {relation} {what} ({path}); choose another --out")
+    refuse_location(out_dir, protect, doing="export into")
 
 
 def _earlier_export_files(out_dir: Path) -> set[str] | None:

@@ -68,17 +68,17 @@ def walk_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def refuse_location(out: Path, protect: Mapping[Path, str], *, doing: str, option: str = "--out") -> None:
+def refuse_location(out: Path, protect: Mapping[Path, str], *, doing: str) -> None:
     """Refuse (one line) an output path that is the filesystem root or the home directory, or that is, lies inside
     or contains a protected path (``{path: what it is}``: a dataset, a workspace artifact), compared resolved.
     ``doing`` names the writer in the message, e.g. "write the toy datasets into"."""
     real = Path(out).resolve()
     if real == Path(real.anchor) or real == Path.home().resolve():
         raise DasgenError(f"refusing to {doing} {out}: it is the filesystem root or the home directory; "
-                          f"choose another {option}")
+                          "choose another --out")
     for path, what in protect.items():
         guarded = Path(path).resolve()
         relation = ("is" if real == guarded else "lies inside" if guarded in real.parents
                     else "contains" if real in guarded.parents else None)
         if relation is not None:
-            raise DasgenError(f"refusing to {doing} {out}: it {relation} {what} ({path}); choose another {option}")
+            raise DasgenError(f"refusing to {doing} {out}: it {relation} {what} ({path}); choose another --out")
