@@ -93,3 +93,26 @@ def workspace(tiny_workspace, tmp_path) -> Path:
     root = tmp_path / "ws"
     shutil.copytree(tiny_workspace, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def two_domains(tiny_workspace, tmp_path_factory) -> Path:
+    """The tiny workspace with domains 1 and 2 (both of its domains) finished, built once per test run. Read-only."""
+    from dasgen.pipeline.workspace import Workspace
+    from dasgen.stages.translate import run_domain
+
+    def build(root: Path) -> None:
+        shutil.copytree(tiny_workspace, root, dirs_exist_ok=True)
+        config, ws = load_config(root / "params.yaml"), Workspace(root)
+        for n in (1, 2):
+            run_domain(config, ws, n, progress=False)
+
+    return build_once(tmp_path_factory, "two-domains", build)
+
+
+@pytest.fixture
+def two_domains_ws(two_domains, tmp_path) -> Path:
+    """A private copy of :func:`two_domains` for a test that writes into it."""
+    root = tmp_path / "ws"
+    shutil.copytree(two_domains, root, symlinks=True)
+    return root

@@ -32,7 +32,7 @@ from torch import nn
 from dasgen.config import load_config
 from dasgen.datasets.pairs import PairStore
 from dasgen.datasets.registry import open_dataset
-from dasgen.commands.calibrate import label_consistency
+from dasgen.segment.metrics import label_agreement
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.common import load_source_pairs, source_reader
 from dasgen.pipeline.segmenters import on_device, score_on_target, target_val_store
@@ -73,7 +73,7 @@ def drift(before: list, after: list) -> dict[str, float]:
 def consistency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     with torch.inference_mode():
         preds = torch.cat([model(images[i:i + 32]).argmax(1) for i in range(0, len(images), 32)])
-    return label_consistency(preds, labels)
+    return label_agreement(preds, labels)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ from dasgen.pipeline.guided import domain_denoiser, domain_guidance
 from dasgen.pipeline.workspace import Workspace
 from dasgen.seeding import image_generator
 from dasgen.segment.checkpoint import load_segmenter
-from dasgen.segment.metrics import ConfusionMatrix
+from dasgen.segment.metrics import label_agreement
 
 INERT_BELOW = 0.1  # chain_over_noise under which a module is inert
 EXPLOSIVE_ABOVE = 3.0  # ... over which it paints adversarial patterns
@@ -74,22 +74,13 @@ def judge_for(ws: Workspace, config: Config, n: int) -> tuple[int, Path]:
     raise DasgenError(f"{ws.segmenter_path(0)}: no segmenter to guide with (run `dasgen train-g0` first)")
 
 
-def label_consistency(preds: torch.Tensor, labels: torch.Tensor, protocol_classes: int = NUM_TRAIN_CLASSES) -> float:
-    """mIoU of the judge's predictions against the source labels over a batch (ignore excluded), in [0, 1]."""
-    matrix = ConfusionMatrix(num_classes=protocol_classes)
-    matrix.update(preds, labels)
-    ious = [v for v in matrix.iou_per_class().tolist() if v == v]
-    return float(sum(ious) / len(ious)) if ious else 1.0
-
-
 class StepRecorder:
     """The guidance observer. Per module and guided reverse step that adds noise, it adds up over the images (and
     over the batches the images are translated in) the step's RMS before and after the cap, in units of that step's
     noise std, and the pixels the cap clipped. ``chain_noise`` is the std of the noise the whole chain injects,
     sqrt(sum of beta_t over its steps that add noise)."""
 
-    def __init__(self, max_step: float | None, chain_noise: float) -> None:
-        self.max_step = max_step
+    def __init__(self, chain_noise: float) -> None:
         self.chain_noise = chain_noise
         self.steps: dict[tuple[str, int], dict] = {}  # (module, reverse step) -> sums over images
 
@@ -102,8 +93,7 @@ class StepRecorder:
         sums["images"] += step.raw.shape[0]
         sums["raw"] += float(step.raw.pow(2).mean(dim=(1, 2, 3)).sqrt().sum()) / noise_std
         sums["applied"] += float(step.applied.pow(2).mean(dim=(1, 2, 3)).sqrt().sum()) / noise_std
-        if self.max_step is not None:
-            sums["clipped"] += float((step.raw.abs() > self.max_step).sum())
+        sums["clipped"] += float((step.raw != step.applied).sum())  # the pixels the cap changed
         sums["pixels"] += step.raw.numel()
 
     def summary(self, lambda_: float) -> dict:
@@ -155,7 +145,7 @@ def run_calibrate(config: Config, ws: Workspace, *, images: int = 8, domain: int
     if len(chain) < 2:
         raise DasgenError(f"--domain {n}: its chain has no reverse step that adds noise (t_n = "
                           f"{domain_noise_levels(config.ptl)[n - 1]}); calibrate a later domain")
-    recorder = StepRecorder(config.sgg.max_step, chain_noise=float(chain.betas[1:].sum()) ** 0.5)
+    recorder = StepRecorder(chain_noise=float(chain.betas[1:].sum()) ** 0.5)
     guidance = domain_guidance(config, judge, n, len(chain), observer=recorder)
     x0, labels = store.batch(ids)
     x0, labels = x0.to(device), labels.to(device)
@@ -174,7 +164,7 @@ def run_calibrate(config: Config, ws: Workspace, *, images: int = 8, domain: int
             with torch.inference_mode():
                 quantised = torch.stack([to_model_tensor(to_uint8(img)) for img in out]).to(device)
                 preds.append(judge(quantised).argmax(1).cpu())
-        consistency[name] = label_consistency(torch.cat(preds), labels.cpu())
+        consistency[name] = label_agreement(torch.cat(preds), labels.cpu())
     return {
         "domain": n,
         "t": domain_noise_levels(config.ptl)[n - 1],

@@ -207,11 +207,6 @@ class Guidance:
         _check_reduction(self.reduction)
         object.__setattr__(self, "plan", plan)
 
-    def scaled_step(self, beta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Eq. 7's shift before the cap: ``lambda * beta_t * grad`` (minus in the sampler: a step that lowers the
-        CE; the paper's "+" reads as descent)."""
-        return self.lambda_ * beta * grad
-
     def for_labels(self, labels: torch.Tensor) -> GuidanceFn:
         """The sampler's guidance function for a batch whose source labels are ``labels`` (B, H, W) trainIds."""
         labels = labels.to(torch.int64)
@@ -242,7 +237,8 @@ class Guidance:
                 grad = gsg_gradient(self.segmenter, seen, batch_labels, memory_format=step.memory_format,
                                     reduction=self.reduction)
             beta = step.schedule.sigma(step.position, grad)  # Sigma = beta_t (Sec. 5.1)
-            raw = self.scaled_step(beta, grad)
+            # Eq. 7's shift, subtracted by the sampler: a step that lowers the CE (the paper's "+" reads as descent)
+            raw = self.lambda_ * beta * grad
             applied = raw if self.max_step is None else raw.clamp(-self.max_step, self.max_step)
             if self.observer is not None:
                 self.observer(GuidedStep(index=step.index, position=step.position, module=module, beta=beta,

@@ -16,6 +16,7 @@ from dasgen.planning.memory import estimate_memory, parameter_counts, render_mem
 from dasgen.planning.plan import ASSUMED_CLASSES_PER_IMAGE, plan_totals, schedule_costs
 from dasgen.pipeline.workspace import Workspace
 from dasgen.pipeline.common import load_source_pairs
+from dasgen.segment.models import PAPER_ARCHS
 
 
 def plan_report(config: Config, ws: Workspace, *, source_images: int | None = None, gpus: int = 1,
@@ -59,15 +60,11 @@ def plan_report(config: Config, ws: Workspace, *, source_images: int | None = No
 # The reading of the guidance loss's reduction adopted as the paper's: Eq. 7 does not say how the cross-entropy is
 # reduced over pixels; docs/guidance.md measures the step under each reading and says why this one.
 PAPER_LOSS_REDUCTION = "mean"
-PAPER_SEGMENTERS = ("deeplabv2_resnet101", "fcn8s_vgg16", "segformer_b5")  # Tab. 1; SegFormer-b5 stands in for DAFormer
+PAPER_SEGMENTERS = (*PAPER_ARCHS, "segformer_b5")  # Tab. 1; SegFormer-b5 stands in for DAFormer
 # Sec. 5.1's training recipes (what they leave out, e.g. weight decay, is not a deviation)
 PAPER_G0 = {"iters": 20000, "batch_size": 2, "optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9}
 PAPER_FINETUNE = {"iters": 300, "batch_size": 2, "optimizer": "sgd", "lr": 2.5e-4, "momentum": 0.9}
 PAPER_DDPM = {"batch_size": 4, "lr": 2e-5, "adam_betas": [0.9, 0.99]}
-
-
-def _as_plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def deviations(config: Config) -> list[str]:
@@ -117,11 +114,13 @@ def deviations(config: Config) -> list[str]:
                      "deeplabv2_resnet101, fcn8s_vgg16, DAFormer)")
     for what, section, paper in (("g_0", seg.source_train, PAPER_G0), ("fine-tune", ptl.finetune, PAPER_FINETUNE),
                                  ("DDPM", train, PAPER_DDPM)):
-        differ = [f"{key} {getattr(section, key)}" for key, value in paper.items()
-                  if _as_plain(getattr(section, key)) != value]
-        if differ and not (what == "DDPM" and d.pretrained is not None):
-            notes.append(f"{what} training recipe off Sec. 5.1: {', '.join(differ)} (paper: "
-                         f"{', '.join(f'{k} {v}' for k, v in paper.items() if k in [x.split()[0] for x in differ])})")
+        if what == "DDPM" and d.pretrained is not None:
+            continue  # a pretrained DDPM is not trained here
+        differ = [key for key, value in paper.items() if getattr(section, key) != value]
+        if differ:
+            ours = ", ".join(f"{k} {getattr(section, k)}" for k in differ)
+            notes.append(f"{what} training recipe off Sec. 5.1: {ours} (paper: "
+                         f"{', '.join(f'{k} {paper[k]}' for k in differ)})")
     if seg.arch.startswith("segformer_"):
         notes.append(f"segmenter {seg.arch}: SegFormer's all-MLP decode head on the MiT encoder stands in "
                      "for DAFormer's context-aware fusion head (paper: DAFormer)")

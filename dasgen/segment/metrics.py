@@ -117,3 +117,13 @@ def evaluate(
         "pixel_accuracy": confusion.pixel_accuracy(),
         "images": images,
     }
+
+
+def label_agreement(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """mIoU of predictions against labels (B, H, W) over every class present in either (ignore excluded), pooled
+    over the batch; 1.0 when nothing is scored. What the pipeline calls a translation's label consistency (of one
+    image, or of a batch)."""
+    matrix = ConfusionMatrix(num_classes=NUM_TRAIN_CLASSES)
+    matrix.update(preds, labels)
+    miou = matrix.miou()
+    return 1.0 if math.isnan(miou) else miou

@@ -38,7 +38,7 @@ from dasgen.guidance.sampler import translate
 from dasgen.progress import LoopProgress
 from dasgen.seeding import image_generator, image_seed
 from dasgen.segment.checkpoint import load_segmenter, save_segmenter
-from dasgen.segment.metrics import ConfusionMatrix
+from dasgen.segment.metrics import label_agreement
 from dasgen.segment.train import finetune, freeze_batchnorm
 from dasgen.pipeline.augment import augment_settings
 from dasgen.pipeline.chains import domain_chain, domain_noise_levels
@@ -92,11 +92,7 @@ def image_consistency(pred: torch.Tensor, label: torch.Tensor) -> float:
 
     Averaged over the classes present in the label or the prediction (ignore pixels excluded); 1.0 = perfect.
     """
-    matrix = ConfusionMatrix(num_classes=NUM_TRAIN_CLASSES)
-    matrix.update(pred[None], label[None])
-    ious = matrix.iou_per_class()
-    present = [v for v in ious.tolist() if v == v]  # NaN for classes absent from both
-    return float(sum(present) / len(present)) if present else 1.0
+    return label_agreement(pred[None], label[None])
 
 
 def domain_fingerprint(config: Config, n: int, ws: Workspace, source_record: dict | None = None, *,

@@ -525,7 +525,7 @@ def test_disk_full_during_export_leaves_the_domain_intact_and_the_rerun_needs_no
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_workspace, tmp_path_factory):
+def exported_domain_1(tiny_workspace, tmp_path_factory):
     """A translated domain 1 and its Cityscapes export, made once for the module."""
     root = tmp_path_factory.mktemp("verify") / "ws"
     shutil.copytree(tiny_workspace, root)
@@ -543,11 +543,11 @@ def _flip_byte(path: Path) -> None:
 
 @pytest.mark.parametrize("artifact", ["domain", "export"])
 @pytest.mark.parametrize("damage", ["flipped-byte", "missing-file", "extra-file"])
-def test_verify_detects_damage(finished, tmp_path, artifact, damage):
-    source = finished / ("data/domains/001" if artifact == "domain" else "export")
+def test_verify_detects_damage(exported_domain_1, tmp_path, artifact, damage):
+    source = exported_domain_1 / ("data/domains/001" if artifact == "domain" else "export")
     target = tmp_path / artifact
     shutil.copytree(source, target)
-    assert invoke(finished, "verify", str(target)).exit_code == 0
+    assert invoke(exported_domain_1, "verify", str(target)).exit_code == 0
     folder = target / ("images" if artifact == "domain" else "leftImg8bit/train/gta5")
     victim = sorted(folder.glob("*.png"))[1]
     relpath = victim.relative_to(target).as_posix()
@@ -561,7 +561,7 @@ def test_verify_detects_damage(finished, tmp_path, artifact, damage):
         victim = victim.with_name("zz_extra.png")
         shutil.copyfile(sorted(folder.glob("*.png"))[0], victim)
         relpath, kind = victim.relative_to(target).as_posix(), "extra"
-    result = invoke(finished, "verify", str(target))
+    result = invoke(exported_domain_1, "verify", str(target))
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"{kind} (1): {relpath}" in result.stdout
     assert f"verify failed: {target}: " in result.stderr and f"1 {kind}" in result.stderr

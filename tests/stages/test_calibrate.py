@@ -69,7 +69,7 @@ def test_step_recorder_measures_by_hand():
     """Two LCG steps and one GSG step, the LCG ones seen in two batches of one image each: per-step shares are
     means over images, the chain measure adds each step's share x sqrt(beta_t) and divides by the chain's noise;
     the noiseless last step (position 0) is left out."""
-    recorder = StepRecorder(max_step=0.5, chain_noise=0.2)
+    recorder = StepRecorder(chain_noise=0.2)
     ones = torch.ones(1, 1, 2, 2)
     recorder(_step("lcg", 0, 2, 0.04, 0.1 * ones, cap=0.5))  # image a: RMS 0.1 at sqrt(beta) 0.2 -> share 0.5
     recorder(_step("lcg", 0, 2, 0.04, 0.3 * ones, cap=0.5))  # image b: share 1.5
@@ -86,7 +86,7 @@ def test_step_recorder_measures_by_hand():
     assert lcg["clipped_share"] == pytest.approx(1 / 12)  # one pixel of 12 recorded (3 steps x 4)
     assert lcg["suggested_lambda"] == pytest.approx(80.0 * TARGET_CHAIN / lcg["raw_chain_over_noise"])
     assert verdict(math.nan) == "explosive"
-    silent = StepRecorder(max_step=None, chain_noise=0.2)
+    silent = StepRecorder(chain_noise=0.2)
     silent(_step("gsg", 0, 1, 0.01, torch.zeros(1, 1, 2, 2)))
     assert silent.summary(80.0)["gsg"]["suggested_lambda"] is None  # no lambda moves a vanished gradient
 

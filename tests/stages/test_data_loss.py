@@ -16,35 +16,10 @@ from typer.testing import CliRunner
 from conftest import write_tiny_params
 from dasgen.cli import app
 from dasgen.pipeline.workspace import Workspace
-from test_bad_inputs import error_line, invoke
+from test_bad_inputs import _flip_byte, error_line, invoke
 from test_crash_safety import tree_bytes
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="session")
-def two_domains(tiny_workspace, tmp_path_factory) -> Path:
-    """The tiny workspace with domains 1 and 2 finished, made once for the session: the modules that import this
-    fixture share it (copy it before writing, as ``finished`` does)."""
-    root = tmp_path_factory.mktemp("two-domains") / "ws"
-    shutil.copytree(tiny_workspace, root)
-    for n in ("1", "2"):
-        result = invoke(root, "translate", "--domain", n)
-        assert result.exit_code == 0, result.output
-    return root
-
-
-@pytest.fixture
-def finished(two_domains, tmp_path) -> Path:
-    root = tmp_path / "ws"
-    shutil.copytree(two_domains, root, symlinks=True)
-    return root
-
-
-def _flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def _truncate_one_byte(path: Path) -> None:
@@ -54,12 +29,12 @@ def _truncate_one_byte(path: Path) -> None:
 @pytest.mark.parametrize("damage, fragment", [(_flip_byte, "sha256 does not match its sidecar"),
                                               (_truncate_one_byte, "not a readable safetensors file")],
                          ids=["flipped-byte", "truncated"])
-def test_a_damaged_g_prev_leaves_the_finished_domain_untouched(finished, damage, fragment):
-    ws = Workspace(finished)
+def test_a_damaged_g_prev_leaves_the_finished_domain_untouched(two_domains_ws, damage, fragment):
+    ws = Workspace(two_domains_ws)
     domain = ws.domain_dir(2, 2)
     before = tree_bytes(domain)
     damage(ws.segmenter_path(1, 2))
-    error_line(invoke(finished, "translate", "--domain", "2"), str(ws.segmenter_path(1, 2)), fragment)
+    error_line(invoke(two_domains_ws, "translate", "--domain", "2"), str(ws.segmenter_path(1, 2)), fragment)
     assert tree_bytes(domain) == before
 
 
@@ -88,26 +63,27 @@ def no_toy_writes(monkeypatch):
     monkeypatch.setattr(writing, "atomic_write_text", refuse)
 
 
-def test_toy_out_onto_a_foreign_dataset_deletes_and_overwrites_nothing(finished, tmp_path):
+def test_toy_out_onto_a_foreign_dataset_deletes_and_overwrites_nothing(two_domains_ws, tmp_path):
     mine = tmp_path / "gta5"
     _foreign_gta5(mine, 15)  # more pairs than the toy writes (12): the extra ones were pruned, the rest overwritten
     before = tree_bytes(mine)
-    error_line(invoke(finished, "toy", "--out", str(mine)), f"{mine}", "not empty", "no dasgen toy")
+    error_line(invoke(two_domains_ws, "toy", "--out", str(mine)), f"{mine}", "not empty", "no dasgen toy")
     assert tree_bytes(mine) == before
 
 
 @pytest.mark.parametrize("where, fragment", [("data/domains/002", "the PTL domains"),
                                              ("data/g0", "the source segmenter g_0"),
                                              ("metrics", "the pipeline's metrics")])
-def test_toy_out_onto_a_workspace_artifact_is_refused(finished, where, fragment, no_toy_writes):
-    before = tree_bytes(finished)
-    error_line(invoke(finished, "toy", "--out", str(finished / where)), "refusing to write the toy datasets into",
+def test_toy_out_onto_a_workspace_artifact_is_refused(two_domains_ws, where, fragment, no_toy_writes):
+    before = tree_bytes(two_domains_ws)
+    error_line(invoke(two_domains_ws, "toy", "--out", str(two_domains_ws / where)),
+               "refusing to write the toy datasets into",
                fragment)
-    assert tree_bytes(finished) == before
+    assert tree_bytes(two_domains_ws) == before
 
 
-def test_toy_out_onto_the_filesystem_root_is_refused(finished, no_toy_writes):
-    error_line(invoke(finished, "toy", "--out", "/"), "refusing to write the toy datasets into /",
+def test_toy_out_onto_the_filesystem_root_is_refused(two_domains_ws, no_toy_writes):
+    error_line(invoke(two_domains_ws, "toy", "--out", "/"), "refusing to write the toy datasets into /",
                "filesystem root")
 
 
@@ -122,35 +98,35 @@ def _read_only(monkeypatch) -> None:
         _failing(monkeypatch, name, errno.EROFS, lambda path, calls: True)
 
 
-def test_translate_on_a_read_only_workspace_is_one_line(finished, monkeypatch):
-    ws = Workspace(finished)
+def test_translate_on_a_read_only_workspace_is_one_line(two_domains_ws, monkeypatch):
+    ws = Workspace(two_domains_ws)
     before = tree_bytes(ws.data)
     _read_only(monkeypatch)  # params changed: the stale domain 2 would be cleared
-    error_line(invoke(finished, "--set", "sgg.lambda=40", "translate", "--domain", "2"), "cannot write",
+    error_line(invoke(two_domains_ws, "--set", "sgg.lambda=40", "translate", "--domain", "2"), "cannot write",
                "Read-only file system")
     monkeypatch.undo()
     assert tree_bytes(ws.data) == before
     shutil.rmtree(ws.domain_dir(2, 2))
     _read_only(monkeypatch)  # a domain not yet started: its directory cannot be made
-    error_line(invoke(finished, "translate", "--domain", "2"), f"cannot write {ws.domain_dir(2, 2)}",
+    error_line(invoke(two_domains_ws, "translate", "--domain", "2"), f"cannot write {ws.domain_dir(2, 2)}",
                "Read-only file system")
 
 
-def test_a_domain_behind_a_link_is_never_cleared_through_it(finished, tmp_path):
-    ws = Workspace(finished)
+def test_a_domain_behind_a_link_is_never_cleared_through_it(two_domains_ws, tmp_path):
+    ws = Workspace(two_domains_ws)
     elsewhere = tmp_path / "bigger-disk" / "002"
     elsewhere.parent.mkdir()
     shutil.move(ws.domain_dir(2, 2), elsewhere)
     ws.domain_dir(2, 2).symlink_to(elsewhere, target_is_directory=True)
     before = tree_bytes(elsewhere)
-    result = invoke(finished, "translate", "--domain", "2")  # same params: the linked domain is complete
+    result = invoke(two_domains_ws, "translate", "--domain", "2")  # same params: the linked domain is complete
     assert result.exit_code == 0 and "already complete" in result.stderr, result.output
-    error_line(invoke(finished, "--set", "sgg.lambda=40", "translate", "--domain", "2"),
+    error_line(invoke(two_domains_ws, "--set", "sgg.lambda=40", "translate", "--domain", "2"),
                f"{ws.domain_dir(2, 2)}: a symbolic link", "never clears a directory through a link")
     assert tree_bytes(elsewhere) == before and ws.domain_dir(2, 2).is_symlink()
     for path in elsewhere.iterdir():  # emptied by the user: the link is used as it is
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    result = invoke(finished, "--set", "sgg.lambda=40", "translate", "--domain", "2")
+    result = invoke(two_domains_ws, "--set", "sgg.lambda=40", "translate", "--domain", "2")
     assert result.exit_code == 0, result.output
     assert ws.domain_dir(2, 2).is_symlink() and (elsewhere / "index.parquet").is_file()
 

@@ -14,19 +14,18 @@ from dasgen.datasets.registry import open_dataset
 from dasgen.pipeline.workspace import Workspace
 from helpers.fake_trees import scene_label, write_label, write_png16
 from test_bad_inputs import gta5_workspace, invoke
-from test_data_loss import finished, two_domains  # noqa: F401 (fixtures: domains 1 and 2 finished)
 
 
 @pytest.mark.parametrize("where", ["extra", "in-place-of-an-image"])
-def test_verify_reports_a_fifo_in_a_domain_without_opening_it(finished, where):
-    domain = Workspace(finished).domain_dir(2, 2)
+def test_verify_reports_a_fifo_in_a_domain_without_opening_it(two_domains_ws, where):
+    domain = Workspace(two_domains_ws).domain_dir(2, 2)
     victim = sorted((domain / "images").glob("*.png"))[1]
     if where == "extra":
         victim = victim.with_name("zz.png")
     else:
         victim.unlink()
     os.mkfifo(victim)  # opening it for reading would block verify for ever
-    result = invoke(finished, "verify", str(domain))
+    result = invoke(two_domains_ws, "verify", str(domain))
     assert result.exit_code == 1, result.output
     assert f"images/{victim.name} (FIFO)" in result.stdout and "invalid (1)" in result.stdout
     if where == "in-place-of-an-image":

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dasgen.cli import app
 from test_bad_inputs import error_line, invoke
 from test_crash_safety import tree_bytes
-from test_data_loss import _write_spec, finished, two_domains  # noqa: F401 (fixtures: domains 1 and 2 finished)
+from test_data_loss import _write_spec
 
 TARGETS = {  # --out -> what the refusal names
     "data/toy/source/images/00001.png": "the source dataset (data.source.root)",
@@ -25,21 +25,22 @@ TARGETS = {  # --out -> what the refusal names
 
 @pytest.mark.parametrize("target", list(TARGETS))
 @pytest.mark.parametrize("command", [["sheet", "--count", "1"], ["plot"]], ids=["sheet", "plot"])
-def test_sheet_and_plot_never_write_over_a_dataset_or_an_artifact(finished, command, target):
-    assert invoke(finished, "summarize").exit_code == 0
-    before = tree_bytes(finished / "data")
-    error_line(invoke(finished, *command, "--out", str(finished / target)), "refusing to write a figure over",
-               TARGETS[target], "choose another --out")
-    assert tree_bytes(finished / "data") == before
+def test_sheet_and_plot_never_write_over_a_dataset_or_an_artifact(two_domains_ws, command, target):
+    assert invoke(two_domains_ws, "summarize").exit_code == 0
+    before = tree_bytes(two_domains_ws / "data")
+    error_line(invoke(two_domains_ws, *command, "--out", str(two_domains_ws / target)),
+               "refusing to write a figure over", TARGETS[target], "choose another --out")
+    assert tree_bytes(two_domains_ws / "data") == before
 
 
-def test_a_figure_is_written_only_as_a_png(finished):
-    assert invoke(finished, "summarize").exit_code == 0
-    summary = (finished / "metrics/summary.json").read_bytes()
+def test_a_figure_is_written_only_as_a_png(two_domains_ws):
+    assert invoke(two_domains_ws, "summarize").exit_code == 0
+    summary = (two_domains_ws / "metrics/summary.json").read_bytes()
     for out in ("metrics/summary.json", "metrics"):
-        error_line(invoke(finished, "plot", "--out", str(finished / out)), "a figure is written as a .png file")
-    assert (finished / "metrics/summary.json").read_bytes() == summary
-    result = invoke(finished, "plot", "--out", str(finished / "metrics/curve.png"))  # metrics/ is where they go
+        error_line(invoke(two_domains_ws, "plot", "--out", str(two_domains_ws / out)),
+                   "a figure is written as a .png file")
+    assert (two_domains_ws / "metrics/summary.json").read_bytes() == summary
+    result = invoke(two_domains_ws, "plot", "--out", str(two_domains_ws / "metrics/curve.png"))  # where they go
     assert result.exit_code == 0, result.output
 
 

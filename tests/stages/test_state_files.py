@@ -34,7 +34,6 @@ def test_a_stage_run_by_dvc_from_a_stale_dvc_yaml_stops_before_translating(works
 
 # -- data/source_pairs.json ------------------------------------------------------------------------------------------
 
-from test_data_loss import finished, two_domains  # noqa: E402,F401 (fixtures: domains 1 and 2 finished)
 
 SCAN_DAMAGE = {
     "garbage": (b"\x00{garbage", "not valid JSON (line 1)"),
@@ -51,46 +50,46 @@ SCAN_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", list(SCAN_DAMAGE))
-def test_a_damaged_scan_record_is_one_line_in_every_command_that_reads_it(finished, tmp_path, damage):
+def test_a_damaged_scan_record_is_one_line_in_every_command_that_reads_it(two_domains_ws, tmp_path, damage):
     data, fragment = SCAN_DAMAGE[damage]
-    ws = Workspace(finished)
+    ws = Workspace(two_domains_ws)
     ws.source_pairs.write_bytes(data)
-    before = tree_bytes(finished)
+    before = tree_bytes(two_domains_ws)
     for command in (["translate", "--domain", "1"], ["--set", "sgg.lambda=40", "translate", "--domain", "2"],
                     ["train-g0"], ["export", "--out", str(tmp_path / "out")], ["plan"]):
-        error_line(invoke(finished, *command), f"{ws.source_pairs}: {fragment}", "run `dasgen scan`")
-    assert tree_bytes(finished) == before and not (tmp_path / "out").exists()
+        error_line(invoke(two_domains_ws, *command), f"{ws.source_pairs}: {fragment}", "run `dasgen scan`")
+    assert tree_bytes(two_domains_ws) == before and not (tmp_path / "out").exists()
 
 
-# -- a finished domain's own files -----------------------------------------------------------------------------------
+# -- a finished domain's own files ------------------------------------------------------------------------------
 
 
-def test_a_damaged_domain_fingerprint_or_metrics_is_one_line_and_the_domain_is_kept(finished):
-    domain = Workspace(finished).domain_dir(2, 2)
+def test_a_damaged_domain_fingerprint_or_metrics_is_one_line_and_the_domain_is_kept(two_domains_ws):
+    domain = Workspace(two_domains_ws).domain_dir(2, 2)
     before = tree_bytes(domain)
     (domain / ".fingerprint.json").write_bytes(b"{garbage")
-    error_line(invoke(finished, "translate", "--domain", "2"), f"{domain / '.fingerprint.json'}: not valid JSON",
+    error_line(invoke(two_domains_ws, "translate", "--domain", "2"), f"{domain / '.fingerprint.json'}: not valid JSON",
                f"remove {domain} to translate the domain afresh")
     (domain / ".fingerprint.json").write_bytes(before[".fingerprint.json"])
     (domain / "metrics.json").write_bytes(b"")
-    error_line(invoke(finished, "translate", "--domain", "2"), f"{domain / 'metrics.json'}: empty file",
+    error_line(invoke(two_domains_ws, "translate", "--domain", "2"), f"{domain / 'metrics.json'}: empty file",
                f"`dasgen verify {domain}` lists the damage")
     assert tree_bytes(domain) == before | {"metrics.json": b""}
 
 
-def test_damaged_metrics_are_one_line_in_summarize(finished):
-    ws = Workspace(finished)
-    assert invoke(finished, "summarize").exit_code == 0
+def test_damaged_metrics_are_one_line_in_summarize(two_domains_ws):
+    ws = Workspace(two_domains_ws)
+    assert invoke(two_domains_ws, "summarize").exit_code == 0
     g0 = (ws.metrics / "g0.json").read_bytes()
     (ws.metrics / "g0.json").write_bytes(b"not json")
-    error_line(invoke(finished, "summarize"), f"{ws.metrics / 'g0.json'}: not valid JSON",
+    error_line(invoke(two_domains_ws, "summarize"), f"{ws.metrics / 'g0.json'}: not valid JSON",
                "rerun `dasgen train-g0`")
     (ws.metrics / "g0.json").write_bytes(g0)
     (ws.metrics / "domain-002.json").write_bytes(b'"a string"')
-    error_line(invoke(finished, "summarize"), "domain-002.json: expected a JSON object, found a string",
+    error_line(invoke(two_domains_ws, "summarize"), "domain-002.json: expected a JSON object, found a string",
                "run `dasgen translate --domain 2`")
     (ws.metrics / "domain-002.json").unlink()
-    error_line(invoke(finished, "summarize"), "domain-002.json: not found", "dasgen pipeline --write")
+    error_line(invoke(two_domains_ws, "summarize"), "domain-002.json: not found", "dasgen pipeline --write")
 
 
 # -- the journal of an unfinished domain -----------------------------------------------------------------------------
