@@ -116,15 +116,16 @@ def _model_dir(directory: Path) -> Path:
     raise CheckpointError(f"{directory}: no diffusers {CONFIG_NAME} (expected a UNet2DModel from save_pretrained)")
 
 
-def verify_denoiser_checksum(model_dir: Path, *, required: bool) -> None:
+def verify_denoiser_checksum(model_dir: Path, *, required: bool) -> str | None:
     """Compare the weights with the sha256 recorded by :func:`save_denoiser`; CheckpointError if they differ (a
-    flipped bit would otherwise translate every image to black), or if ``required`` and none was recorded."""
+    flipped bit would otherwise translate every image to black), or if ``required`` and none was recorded. Returns
+    the verified sha256 (None when none was recorded and none is required)."""
     record = model_dir / CHECKSUM_NAME
     if not record.is_file():
         if required:
             raise CheckpointError(f"{model_dir}: no {CHECKSUM_NAME} (recorded sha256 of the weights); rerun "
                                   "`dasgen train-diffusion` to write the DDPM with its checksum")
-        return
+        return None
     try:
         expected = json.loads(record.read_text())["weights_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -132,6 +133,7 @@ def verify_denoiser_checksum(model_dir: Path, *, required: bool) -> None:
     if sha256_file(model_dir / WEIGHTS_NAME) != expected:
         raise CheckpointError(f"{model_dir / WEIGHTS_NAME}: sha256 differs from the one recorded when it was saved "
                               "(the file was altered or damaged); rerun `dasgen train-diffusion`")
+    return expected
 
 
 def load_denoiser(directory: Path, *, device: str | torch.device = "cpu",

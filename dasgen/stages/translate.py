@@ -37,7 +37,7 @@ from dasgen.errors import CheckpointError, DasgenError
 from dasgen.guidance.sampler import translate
 from dasgen.progress import LoopProgress
 from dasgen.seeding import image_generator, image_seed
-from dasgen.segment.checkpoint import load_segmenter, save_segmenter
+from dasgen.segment.checkpoint import load_segmenter, read_sidecar, save_segmenter
 from dasgen.segment.metrics import label_agreement
 from dasgen.segment.train import finetune, freeze_batchnorm
 from dasgen.pipeline.augment import augment_settings
@@ -293,11 +293,16 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
     out = ws.domain_dir(n, config.ptl.N)
     if (out / FINGERPRINT_FILE).is_file():  # earlier work to resume or call complete: not from a stale scan
         check_unchanged(source_record, ws.root / config.data.source.root, entries)
-    fingerprint = domain_fingerprint(config, n, ws, source_record)
     # Every input is checked before anything is written or cleared: a damaged g_{n-1} changes the fingerprint, and
-    # found only when loaded it would first have cost the finished domain n.
-    verify_denoiser_checksum(ws.diffusion_model, required=True)
+    # found only when loaded it would first have cost the finished domain n. Each is hashed once here.
+    _required(ws.diffusion_model / WEIGHTS_NAME, "dasgen train-diffusion")
+    ddpm_sha256 = verify_denoiser_checksum(ws.diffusion_model, required=True)
     g_prev = ws.segmenter_path(n - 1, config.ptl.N)
+    if g_prev.is_file():  # its sha256 is verified against its sidecar as it loads: the fingerprint reuses it
+        load_segmenter(g_prev, expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
+    known = {"diffusion": ddpm_sha256} | ({"segmenter_in": read_sidecar(g_prev)["weights_sha256"]}
+                                          if g_prev.is_file() else {})
+    fingerprint = domain_fingerprint(config, n, ws, source_record, known_sha256=known)
     if not g_prev.is_file() and not _complete_with(out, fingerprint):  # removed by ptl.keep_segmenters
         first = n - 1 - (n - 1) % config.ptl.domains_per_stage + 1  # after the last g that is kept
         dirs = ws.domain_dir(first, config.ptl.N) if first == n - 1 else \
@@ -305,8 +310,6 @@ def run_domain(config: Config, ws: Workspace, n: int, *, ctx: DistContext = Dist
         raise CheckpointError(f"{g_prev}: removed to save disk (ptl.keep_segmenters: stage_last), and domain {n} "
                               f"must be made again from it; remove {dirs} and run "
                               f"`dasgen translate --domains {first}-{n}`")
-    if g_prev.is_file():
-        load_segmenter(g_prev, expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
     reader = source_reader(config, ws.root)
     if _prepare_directory(out, fingerprint, ctx, console):
         console.print(f"domain {n}: already complete, nothing to do")
