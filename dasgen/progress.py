@@ -34,7 +34,8 @@ def plain_interval() -> float:
     return value if value > 0 else DEFAULT_INTERVAL_S
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """Seconds as H:MM:SS (whole seconds)."""
     return str(timedelta(seconds=int(seconds)))
 
 
@@ -105,9 +106,9 @@ class LoopProgress:
         this_run = self.done - self._start_done
         rate = this_run / elapsed if elapsed > 0 else 0.0
         parts = [f"{self.description}: {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%)",
-                 f"{rate:.3g} {self.unit}/s", f"elapsed {_duration(elapsed)}"]
+                 f"{rate:.3g} {self.unit}/s", f"elapsed {format_duration(elapsed)}"]
         if self.done < self.total:
-            parts.append(f"ETA {_duration((self.total - self.done) / rate)}" if rate > 0 else "ETA ?")
+            parts.append(f"ETA {format_duration((self.total - self.done) / rate)}" if rate > 0 else "ETA ?")
         parts += [f"{name} {value}" for name, value in self._shown().items()]
         return ", ".join(parts)
 

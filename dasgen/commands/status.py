@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 from dasgen.artifact.journal import journal_files
-from dasgen.artifact.schema import CHECKSUMS_FILE, JOURNAL_DIR, STAGING_DIR
 from dasgen.config import Config
 from dasgen.diffusion.training_state import STATE_JSON
 from dasgen.diffusion.unet import WEIGHTS_NAME
@@ -22,10 +20,9 @@ from dasgen.errors import DasgenError
 from dasgen.io.atomic import sha256_file
 from dasgen.pipeline.chains import domain_chain
 from dasgen.pipeline.workspace import Workspace
-from dasgen.stages.translate import FINGERPRINT_FILE, domain_fingerprint, domain_ids
-
-DOMAIN_FILES = ("index.parquet", "metrics.json", "provenance.json", CHECKSUMS_FILE)
-
+from dasgen.pipeline.keep_segmenters import recorded_segmenter_sha256
+from dasgen.progress import format_duration
+from dasgen.stages.translate import FINGERPRINT_FILE, domain_finalized, domain_fingerprint, domain_ids
 
 @dataclass
 class RunStatus:
@@ -67,15 +64,6 @@ def _journalled(directory: Path) -> int:
     return sum(path.read_bytes().count(b"\n") for path in journal_files(directory))
 
 
-def _complete(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in DOMAIN_FILES) and \
-        not any((directory / name).exists() for name in (JOURNAL_DIR, STAGING_DIR, ".trash"))
-
-
-def _duration(seconds: float) -> str:
-    return str(timedelta(seconds=round(seconds)))
-
-
 def run_status(config: Config, ws: Workspace) -> RunStatus:
     """The state of every stage of the run in ``ws`` for ``config``."""
     status = RunStatus(domains_total=config.ptl.N)
@@ -97,7 +85,7 @@ def run_status(config: Config, ws: Workspace) -> RunStatus:
         directory = ws.domain_dir(n, config.ptl.N)
         steps = len(domain_chain(config, n))
         images = len(domain_ids(config, n, ids)) if ids else config.ptl.images_per_domain
-        if _complete(directory):
+        if domain_finalized(directory):
             metrics = _json(directory / "metrics.json") or {}
             if metrics.get("images_translated_this_run") == metrics.get("images") and metrics.get("wall_s"):
                 seconds += float(metrics["wall_s"])  # a whole domain timed in one run: a fair rate sample
@@ -119,7 +107,7 @@ def run_status(config: Config, ws: Workspace) -> RunStatus:
         add(("ETA", "nothing left to translate"))
     elif work:
         status.eta_s = remaining * seconds / work
-        add(("ETA", f"~{_duration(status.eta_s)} for the remaining domains ({seconds / work * 1e3:.3g} ms per image "
+        add(("ETA", f"~{format_duration(status.eta_s)} for the remaining domains ({seconds / work * 1e3:.3g} ms per image "
                     f"and reverse step, measured on the finished domains)"))
     else:
         add(("ETA", "after the first domain finishes (dasgen plan estimates the whole run before it)"))
@@ -137,8 +125,7 @@ def _made_otherwise(config: Config, ws: Workspace, n: int, directory: Path, scan
         if n == 1:
             known["segmenter_in"] = sha256_file(ws.segmenter_path(0))
         else:
-            recorded = (_json(ws.domain_dir(n - 1, config.ptl.N) / "provenance.json") or {}).get("segmenter_out_sha256")
-            known["segmenter_in"] = recorded if isinstance(recorded, str) else ""
+            known["segmenter_in"] = recorded_segmenter_sha256(config, ws, n - 1) or ""
         return _json(directory / FINGERPRINT_FILE) != domain_fingerprint(config, n, ws, scan, known_sha256=known)
     except (DasgenError, OSError):  # its inputs are gone: it cannot be checked, nor redone until they are back
         return False

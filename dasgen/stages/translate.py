@@ -135,7 +135,7 @@ def _required(path: Path, stage: str) -> Path:
     return path
 
 
-def _finalized(out: Path) -> bool:
+def domain_finalized(out: Path) -> bool:
     """Whether finalize ran to its end in ``out``: its files exist and its clean-up left no journal, staging or trash."""
     return all((out / name).is_file() for name in ("index.parquet", "metrics.json", "provenance.json",
                                                    CHECKSUMS_FILE)) \
@@ -153,7 +153,7 @@ def _recorded_fingerprint(out: Path) -> dict | None:
 
 def _complete_with(out: Path, fingerprint: dict) -> bool:
     """Whether ``out`` holds a finished domain made with ``fingerprint`` (as :func:`_prepare_directory` decides)."""
-    return _recorded_fingerprint(out) == fingerprint and _finalized(out)
+    return _recorded_fingerprint(out) == fingerprint and domain_finalized(out)
 
 
 def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: Console) -> bool:
@@ -163,7 +163,7 @@ def _prepare_directory(out: Path, fingerprint: dict, ctx: DistContext, console: 
     # written it below would skip rank 0's barrier, and the ranks' barriers would pair up wrongly (a hang).
     ctx.barrier()
     same_run = _recorded_fingerprint(out) == fingerprint
-    complete = same_run and _finalized(out)
+    complete = same_run and domain_finalized(out)
     ctx.barrier()
     if same_run:
         return complete
