@@ -188,6 +188,9 @@ class FinetuneConfig:
     momentum: float = knob(0.9, min=0.0, max=1.0)
     weight_decay: float = knob(5e-4, min=0.0)  # as g_0's (DeepLab's usual 5e-4; the paper does not say)
     use_src_loss: bool = True  # Eq. 12: L_ft = L_ada + L_src; False = L_ada only (Tab. 3)
+    # constant (Eq. 12, paper) | fade: domain n weighs L_src by 1 - (n - 1) / N (deviation: L_src re-teaches the
+    # source's look every iteration, which fights a target that recolours classes; docs/results.md measures it)
+    src_loss_schedule: Literal["constant", "fade"] = "constant"
     aug_fraction: float = knob(0.1, min=0.0, max=1.0)  # keep g robust to noisy, masked inputs (Supp. C)
 
 

@@ -97,6 +97,9 @@ def deviations(config: Config) -> list[str]:
         notes.append(f"guidance step capped at {sgg.max_step} per pixel (sgg.max_step; paper: uncapped)")
     if not ptl.finetune.use_src_loss:
         notes.append("fine-tuning on L_ada only (ptl.finetune.use_src_loss = false; paper: L_ada + L_src, Eq. 12)")
+    elif ptl.finetune.src_loss_schedule != "constant":
+        notes.append("L_src weighed 1 - (n - 1) / N in domain n (ptl.finetune.src_loss_schedule = fade; paper: "
+                     "L_ada + L_src in every domain, Eq. 12)")
     for key, fraction in (("segmenter.source_train.aug_fraction", seg.source_train.aug_fraction),
                           ("ptl.finetune.aug_fraction", ptl.finetune.aug_fraction)):
         if fraction != 0.1:

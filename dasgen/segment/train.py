@@ -358,6 +358,7 @@ def finetune(
     batchnorm: str = "train",
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
     console: Console | None = None,
+    src_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Eq. 12: g_n -> g_{n+1} with L_ft = L_ce(g(X^{n+1}), Y^S) + L_ce(g(X^S), Y^S).
 
@@ -365,7 +366,8 @@ def finetune(
     (L_src); ``None`` drops L_src (the L_ada-only ablation of Tab. 3). The two terms go through the network in
     separate passes (BatchNorm statistics stay per domain, as in the equation) and are backpropagated one after the
     other, so only one graph is alive at a time; the gradient equals that of their sum. ``batchnorm`` as in
-    :func:`train_source`. Returns
+    :func:`train_source`. ``src_weight`` scales the L_src term's gradient (1 = Eq. 12; the fading schedule's
+    deviation passes less); the logged L_src stays unweighted. Returns
     ``{"first_loss", "final_loss", "first_loss_ada", "final_loss_ada"[, "..._src"], "iters", "history", "seconds"}``.
     """
     device = _device_of(model)
@@ -380,7 +382,7 @@ def finetune(
                 continue
             x, y = augment_batch(sampler(generator))
             loss = cross_entropy(model(x.to(device)), y.to(device))
-            loss.backward()
+            (loss * src_weight if name == "src" and src_weight != 1.0 else loss).backward()
             terms[name] = loss.item()
         return terms
 

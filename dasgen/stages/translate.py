@@ -236,6 +236,12 @@ def translate_images(config: Config, ws: Workspace, plan: DomainPlan, store: Pai
     return written
 
 
+def src_loss_weight(schedule: str, n: int, N: int) -> float:
+    """Weight of L_src in domain n's fine-tune (Eq. 12 weighs it 1). ``fade`` (a deviation) lowers it linearly,
+    1 - (n - 1) / N: g_1 still leans on the source it was trained on, g_N keeps 1/N of it."""
+    return 1.0 if schedule == "constant" else 1.0 - (n - 1) / N
+
+
 def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: PairStore, writer: DomainWriter,
                        device: torch.device, progress: bool, ctx: DistContext = DistContext(),
                        console: Console | None = None):
@@ -275,7 +281,8 @@ def finetune_segmenter(config: Config, ws: Workspace, plan: DomainPlan, store: P
                           lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay, optimizer=ft.optimizer,
                           augment=augment_settings(config, ft.aug_fraction), generator=generator, progress=progress,
                           description=f"fine-tune g_{plan.n}", on_metrics=on_metrics, console=console,
-                          batchnorm=config.segmenter.batchnorm)
+                          batchnorm=config.segmenter.batchnorm,
+                          src_weight=src_loss_weight(ft.src_loss_schedule, plan.n, config.ptl.N))
     model.eval()
     return model, losses
 

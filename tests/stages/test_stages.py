@@ -186,3 +186,23 @@ def test_version_option_prints_the_version():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout == f"dasgen {dasgen.__version__}\n"
+
+
+def test_fading_src_loss_reaches_each_domains_finetune(workspace, monkeypatch):
+    """ptl.finetune.src_loss_schedule: fade hands domain n's fine-tune the weight 1 - (n - 1) / N for L_src;
+    constant (Eq. 12) hands 1."""
+    import dasgen.stages.translate as translate
+
+    seen = {}
+    real = translate.finetune
+
+    def spy(*args, src_weight=1.0, **kwargs):
+        seen[kwargs["description"]] = src_weight
+        return real(*args, src_weight=src_weight, **kwargs)
+
+    monkeypatch.setattr(translate, "finetune", spy)
+    config = load_config(workspace / "params.yaml", {"ptl.finetune.src_loss_schedule": "fade"})
+    for n in (1, 2):
+        run_domain(config, Workspace(workspace), n, progress=False)
+    assert seen == {"fine-tune g_1": 1.0, "fine-tune g_2": 1.0 - 1 / config.ptl.N}
+    assert translate.src_loss_weight("constant", 2, config.ptl.N) == 1.0

@@ -22,6 +22,7 @@ PAPER_VALUES = {
     "ptl.steps_per_domain": None,  # all t_n reverse steps
     "ptl.unet_bf16": False,
     "ptl.finetune.use_src_loss": True,  # Eq. 12
+    "ptl.finetune.src_loss_schedule": "constant",  # Eq. 12: L_ada + L_src in every domain
     "ptl.finetune.aug_fraction": 0.1,  # Supp. C
     "segmenter.source_train.aug_fraction": 0.1,  # Supp. C
     "segmenter.weights": "imagenet",  # ImageNet-initialised
@@ -83,6 +84,7 @@ OTHER_REDUCTION = {"mean": "sum", "sum": "mean"}[PAPER_LOSS_REDUCTION]
     ({"ptl.finetune.optimizer": "adam"}, "fine-tune training recipe"),
     ({"diffusion.train.lr": 2e-3}, "DDPM training recipe"),
     ({"ptl.finetune.use_src_loss": False}, "ptl.finetune.use_src_loss"),
+    ({"ptl.finetune.src_loss_schedule": "fade"}, "ptl.finetune.src_loss_schedule"),
     ({"ptl.finetune.aug_fraction": 0.2}, "ptl.finetune.aug_fraction"),
     ({"segmenter.source_train.aug_fraction": 0.0}, "segmenter.source_train.aug_fraction"),
     ({"sgg.arrangement": "random"}, "sgg.arrangement"),

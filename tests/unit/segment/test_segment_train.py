@@ -206,8 +206,9 @@ def test_finetune_lowers_adapted_loss(source_model, use_src):
         assert losses["final_loss"] == pytest.approx(losses["final_loss_ada"] + losses["final_loss_src"])
 
 
-def test_finetune_gradient_is_that_of_eq12_sum():
-    """One SGD step of finetune == one manual step on L_ada + L_src (Eq. 12)."""
+@pytest.mark.parametrize("src_weight", [1.0, 0.25])
+def test_finetune_gradient_is_that_of_eq12_sum(src_weight):
+    """One SGD step of finetune == one manual step on L_ada + w L_src (Eq. 12: w = 1; the fading schedule: less)."""
     torch.manual_seed(0)
     model = build_segmenter("toy", width=8)
     reference = copy.deepcopy(model)
@@ -215,9 +216,9 @@ def test_finetune_gradient_is_that_of_eq12_sum():
     xa, ya = ada.batch(np.arange(4))
     xs, ys = src.batch(np.arange(4))
     finetune(model, lambda g: (xa, ya), lambda g: (xs, ys), iters=1, lr=0.1, momentum=0.0, weight_decay=0.0,
-             optimizer="sgd", augment=None, generator=torch.Generator(), progress=False)
+             optimizer="sgd", augment=None, generator=torch.Generator(), progress=False, src_weight=src_weight)
     reference.train()
-    loss = cross_entropy(reference(xa), ya) + cross_entropy(reference(xs), ys)
+    loss = cross_entropy(reference(xa), ya) + src_weight * cross_entropy(reference(xs), ys)
     loss.backward()
     with torch.no_grad():
         for p in reference.parameters():
