@@ -8,6 +8,7 @@ colour-swapped classes, sidewalk and terrain; docs/toy.md), or elsewhere?
 
     python bench/experiments/per_class_gain.py experiments/ablation.yaml full wo-sgg x0-t200   # variants of the spec
     python bench/experiments/per_class_gain.py experiments/ablation.yaml full --out NAME      # docs/results/experiments/NAME.md
+    python bench/experiments/per_class_gain.py experiments/ablation-leads-5.yaml fade-src --against full  # vs a variant
 
 The runs are read from the spec's `out` work tree; the report says whether each is the run the spec's committed
 report scored (same params sha256). Writes docs/results/experiments/<NAME>.md and .json (NAME defaults to
@@ -83,22 +84,23 @@ def _mean_sd(values: list[float]) -> str:
     return f"{100 * mean:+.1f} ± {100 * (sd or 0.0):.1f}"
 
 
-def render(result: dict) -> str:
+def render(result: dict, against: str = "source-only") -> str:
     rows, seeds = result["rows"], result["seeds"]
     classes = [c for c in rows["source-only"][seeds[0]] if c != "miou"]
     head = "| variant | " + " | ".join(["mIoU", *classes]) + " |"
     about = (f"bench/experiments/per_class_gain.py on `{result['spec']}`: final segmenter of each row on the spec's "
-             "target val, IoU minus source-only's of the same seed, mean ± sd over seeds (IoU points). The first row "
-             f"is source-only's own IoU. Colour-swapped classes: {', '.join(SWAPPED)}.")
+             f"target val, IoU minus {against}'s of the same seed, mean ± sd over seeds (IoU points). The first row "
+             f"is {against}'s own IoU. Colour-swapped classes: {', '.join(SWAPPED)}.")
     runs = ("Runs: every one is a run of the spec's committed report (same params sha256)." if not result["not_in_report"]
             else "Runs not in the spec's committed report (other params sha256): " + ", ".join(result["not_in_report"]))
-    lines = [f"# Per-class IoU gain over source only (paired, {len(seeds)} seeds)", "", about, "", runs, "",
+    title = "source only" if against == "source-only" else against
+    lines = [f"# Per-class IoU gain over {title} (paired, {len(seeds)} seeds)", "", about, "", runs, "",
              head, "|" + " --- |" + " ---: |" * (len(classes) + 1)]
-    base = rows["source-only"]
+    base = rows[against]
     means = [f"{100 * statistics.mean(base[s][c] for s in seeds):.1f}" for c in ["miou", *classes]]
-    lines.append("| source only (IoU) | " + " | ".join(means) + " |")
+    lines.append(f"| {title} (IoU) | " + " | ".join(means) + " |")
     for variant, by_seed in rows.items():
-        if variant == "source-only":
+        if variant in ("source-only", against):
             continue
         cells = [_mean_sd([by_seed[s][c] - base[s][c] for s in seeds]) for c in ["miou", *classes]]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
@@ -110,11 +112,14 @@ def main() -> None:
     parser.add_argument("spec", type=Path)
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--out", default=None, help="report name under docs/results/experiments/")
+    parser.add_argument("--against", default="source-only",
+                        help="the row each variant is paired against: source-only (default) or a variant of the spec")
     args = parser.parse_args()
-    result = per_class(args.spec, args.variants)
+    variants = args.variants if args.against in ("source-only", *args.variants) else [args.against, *args.variants]
+    result = per_class(args.spec, variants)
     name = args.out or f"per-class-{args.spec.stem}"
     (OUT_DIR / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    text = render(result)
+    text = render(result, args.against)
     (OUT_DIR / f"{name}.md").write_text(text)
     print(text)
 
