@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dasgen.config import Config
-from dasgen.planning.plan import DomainCost
+from dasgen.planning.plan import DomainCost, finetune_images_per_domain
 
 UNIT_COSTS_FILE = Path(__file__).with_name("unit_costs.json")
 UNITS = ("unet_forward", "seg_guidance", "seg_forward", "seg_train")
@@ -126,8 +126,7 @@ def estimate_cost(config: Config, costs: list[DomainCost], classes_per_image: fl
     height, width = config.data.resolution
     measured_h, measured_w = entry["measured_at"]
     scale = (height * width) / (measured_h * measured_w)
-    ft = config.ptl.finetune
-    finetune_images = ft.iters * ft.batch_size * (2 if ft.use_src_loss else 1)
+    finetune_images = finetune_images_per_domain(config)
     per_domain, baseline, lcg_loop, parts = [], 0.0, 0.0, dict.fromkeys(("unet", "lcg", "gsg", "score", "finetune"), 0.0)
     for domain in costs:
         units = domain_units(domain, classes_per_image=classes_per_image, finetune_images=finetune_images)

@@ -23,7 +23,7 @@ from typing import Any
 
 from dasgen.config import Config
 from dasgen.planning.costs import ASSUMED_GPU_TFLOPS, UNITS, domain_units, entry_for, format_hours, load_unit_costs
-from dasgen.planning.plan import DomainCost
+from dasgen.planning.plan import DomainCost, finetune_images_per_domain
 
 BACKWARD_FACTOR = 3.0  # forward + backward ~ 3 forwards (see the module docstring)
 
@@ -46,7 +46,7 @@ def estimate_gpu(config: Config, costs: list[DomainCost], classes_per_image: flo
     train, g0, ft = config.diffusion.train, config.segmenter.source_train, config.ptl.finetune
     ddpm_s = train.steps * train.batch_size * BACKWARD_FACTOR * flops["unet_forward"] * scale / rate
     g0_s = g0.iters * g0.batch_size * flops["seg_train"] * scale / rate
-    finetune_images = ft.iters * ft.batch_size * (2 if ft.use_src_loss else 1)
+    finetune_images = finetune_images_per_domain(config)
     translate_s, finetune_s, wall_domains = [], [], 0.0
     for domain in costs:
         units = domain_units(domain, classes_per_image=classes_per_image, finetune_images=finetune_images)

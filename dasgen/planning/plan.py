@@ -12,6 +12,13 @@ from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 ASSUMED_CLASSES_PER_IMAGE = 8.0  # LCG copies per image when the source has not been scanned (GTA5 averages ~12)
 
 
+
+def finetune_images_per_domain(config: Config) -> int:
+    """Images one domain's fine-tune trains on (Eq. 12): a batch of adapted images per iteration, and as many source
+    images again unless L_src is dropped."""
+    ft = config.ptl.finetune
+    return ft.iters * ft.batch_size * (2 if ft.use_src_loss else 1)
+
 @dataclass(frozen=True)
 class DomainCost:
     n: int
@@ -54,6 +61,5 @@ def plan_totals(config: Config, costs: list[DomainCost], classes_per_image: floa
         "segmenter_passes_lcg": round(lcg_passes),
         "classes_per_image": classes_per_image,
         "finetune_iterations": config.ptl.finetune.iters * len(costs),
-        "finetune_images": config.ptl.finetune.iters * len(costs) * config.ptl.finetune.batch_size
-        * (2 if config.ptl.finetune.use_src_loss else 1),
+        "finetune_images": finetune_images_per_domain(config) * len(costs),
     }
