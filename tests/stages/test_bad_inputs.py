@@ -25,9 +25,10 @@ from dasgen.labels import id_to_train_id, synthia_to_id
 from dasgen.segment.checkpoint import save_segmenter, sidecar_path
 from dasgen.segment.models import build_segmenter
 from dasgen.pipeline.workspace import Workspace
+from helpers.files import tree_bytes
 from helpers.fake_trees import (make_gta5_tree, make_synthia_tree, scene_image, scene_label, truncate, write_label, write_png16,
                         write_rgb)
-from test_crash_safety import export_workspace, tree_bytes
+from test_crash_safety import export_workspace
 
 runner = CliRunner()
 GOOD_IDS = ["00001", "00002", "00003", "00004"]  # make_gta5_tree(flaws=False)
@@ -389,10 +390,6 @@ def test_export_into_a_non_empty_directory_needs_force_and_force_never_clears_fo
     assert (earlier / "manifest.json").is_file() and not (earlier / ".dasgen-export-incomplete").exists()
 
 
-def _tree(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("out, why", [
     ("source", "is the source dataset (data.source.root)"),
     ("data/domains/002", "is the domain being exported"),
@@ -410,9 +407,9 @@ def test_export_force_refuses_the_datasets_and_the_workspace_artifacts(tmp_path,
     (root / "data" / "g0" / "segmenter.safetensors").write_bytes(b"weights")
     (root / "metrics").mkdir(exist_ok=True)
     (root / "metrics" / "g0.json").write_text("{}")
-    before = _tree(root)
+    before = tree_bytes(root)
     error_line(invoke(root, "export", "--out", str(root / out), "--force"), "refusing to export into", why)
-    assert _tree(root) == before  # nothing deleted, nothing added
+    assert tree_bytes(root) == before  # nothing deleted, nothing added
 
 
 def test_export_domain_zero_is_an_error_not_the_last_domain(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ from dasgen.stages.scan import run_scan
 from dasgen.pipeline.workspace import Workspace
 from dasgen.io.atomic import is_temp_name
 from dasgen.export.parts import IN_PROGRESS_FILE
+from helpers.files import tree_bytes
 from helpers.forkserver import shared_server
 from helpers.synthetic import build_synthetic_domain, write_synthetic_source
 
@@ -100,12 +101,6 @@ def kill_when(process, ready: Callable[[], bool], what: str, timeout: float = 24
         time.sleep(0.01)
     process.kill()
     pytest.fail(f"the process ended (exit {process.returncode}) before {what}")
-
-
-def tree_bytes(directory: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
-    """relative path -> bytes of every file under ``directory`` (names in ``skip`` left out)."""
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name not in skip}
 
 
 def assert_no_torn_files(directory: Path) -> None:

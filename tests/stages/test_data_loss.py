@@ -17,7 +17,7 @@ from conftest import write_tiny_params
 from dasgen.cli import app
 from dasgen.pipeline.workspace import Workspace
 from test_bad_inputs import _flip_byte, error_line, invoke
-from test_crash_safety import tree_bytes
+from helpers.files import tree_bytes
 
 runner = CliRunner()
 

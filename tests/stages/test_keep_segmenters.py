@@ -6,7 +6,7 @@ import shutil
 
 from dasgen.pipeline.workspace import Workspace
 from test_bad_inputs import error_line, invoke
-from test_crash_safety import tree_bytes
+from helpers.files import tree_bytes
 
 SETS = ("--set", "ptl.N=5", "--set", "ptl.domains_per_stage=2", "--set", "ptl.keep_segmenters=stage_last")
 

@@ -11,7 +11,7 @@ import shutil
 from dasgen.io.lock import directory_lock
 from dasgen.pipeline.workspace import Workspace
 from test_bad_inputs import error_line, invoke
-from test_crash_safety import tree_bytes
+from helpers.files import tree_bytes
 
 
 def _pairs(root):

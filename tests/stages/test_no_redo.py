@@ -9,7 +9,7 @@ import pytest
 import dasgen.stages.train_diffusion as stage
 from dasgen.config import load_config
 from dasgen.pipeline.workspace import Workspace
-from test_crash_safety import tree_bytes
+from helpers.files import tree_bytes
 
 
 def test_train_diffusion_rerun_restores_its_state_and_reuses_its_round_trip(workspace, monkeypatch):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from dasgen.cli import app
 from test_bad_inputs import error_line, invoke
-from test_crash_safety import tree_bytes
+from helpers.files import tree_bytes
 from test_data_loss import _write_spec
 
 TARGETS = {  # --out -> what the refusal names

@@ -13,6 +13,7 @@ from dasgen.config import load_config
 from dasgen.stages.translate import run_domain
 from dasgen.stages.summarize import run_summary
 from dasgen.pipeline.workspace import Workspace
+from helpers.files import tree_bytes
 
 runner = CliRunner()
 
@@ -23,8 +24,7 @@ def invoke(root, *args):
 
 def domain_bytes(directory):
     """Every file of a domain artifact except the metrics' wall times (and the checksum record that covers them)."""
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name not in ("metrics.json", "checksums.json")}
+    return tree_bytes(directory, skip=("metrics.json", "checksums.json"))
 
 
 def test_two_domain_ptl_writes_the_artifact_contract(workspace, monkeypatch):

@@ -13,7 +13,7 @@ from dasgen.config import load_config
 from dasgen.pipeline.dvc_yaml import render_pipeline
 from dasgen.pipeline.workspace import Workspace
 from test_bad_inputs import error_line, invoke
-from test_crash_safety import tree_bytes
+from helpers.files import tree_bytes
 
 
 # -- dvc.yaml out of date --------------------------------------------------------------------------------------------

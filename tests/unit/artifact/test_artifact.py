@@ -28,16 +28,12 @@ from dasgen.artifact.journal import journal_path
 from dasgen.artifact.reader import DomainReader
 from dasgen.io.png import decode_png, encode_png
 from dasgen.artifact.schema import INDEX_SCHEMA, SCHEMA_VERSION
+from helpers.files import tree_bytes
 from helpers.synthetic import synthetic_record, translated_image
 
 H, W = 24, 40
 IDS = [f"{i:05d}" for i in range(1, 12)]  # 11 images: odd counts exercise partial shards and flush buffers
 FORMATS = ["png", "parquet"]
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (relative path -> bytes)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def writer(directory: Path, fmt: str, **kwargs) -> DomainWriter:

@@ -27,13 +27,9 @@ from dasgen.datasets.toy import (
 )
 from dasgen.errors import DasgenError
 from dasgen.labels import color_palette, id_to_color, id_to_train_id
+from helpers.files import tree_bytes
 
 SMALL = {"n_source": 5, "n_target_train": 4, "n_target_val": 3}
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under root (relative posix path -> bytes)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def samples(domain: str, split: str, n: int, **knobs) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +41,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     first = generate_toy(tmp_path / "a", seed=3, **SMALL)
     second = generate_toy(tmp_path / "b", seed=3, **SMALL)
     generate_toy(tmp_path / "c", seed=4, **SMALL)
-    a, b, c = tree(tmp_path / "a"), tree(tmp_path / "b"), tree(tmp_path / "c")
+    a, b, c = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b"), tree_bytes(tmp_path / "c")
     assert first == second
     assert a == b
     assert a.keys() == c.keys()
@@ -58,7 +54,7 @@ def test_rerun_over_existing_dir_gives_the_fresh_tree(tmp_path: Path) -> None:
     (tmp_path / "out" / "source" / "images" / ".00001.png.abc.tmp").write_bytes(b"left by a killed run")
     generate_toy(tmp_path / "out", seed=0, **SMALL)
     generate_toy(tmp_path / "fresh", seed=0, **SMALL)
-    assert tree(tmp_path / "out") == tree(tmp_path / "fresh")
+    assert tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "fresh")
 
 
 def test_rerun_removes_only_files_the_generator_writes(tmp_path: Path) -> None:
@@ -76,7 +72,7 @@ def test_rerun_removes_only_files_the_generator_writes(tmp_path: Path) -> None:
         (out / rel).write_bytes(data)
     generate_toy(out, seed=0, **SMALL)
     generate_toy(tmp_path / "fresh", seed=0, **SMALL)
-    assert {k: v for k, v in tree(out).items() if k not in mine} == tree(tmp_path / "fresh")
+    assert {k: v for k, v in tree_bytes(out).items() if k not in mine} == tree_bytes(tmp_path / "fresh")
     assert all((out / rel).read_bytes() == data for rel, data in mine.items())
 
 
@@ -85,7 +81,7 @@ def test_written_layout_and_label_modes(tmp_path: Path) -> None:
     assert summary["classes"] == list(TOY_CLASSES)
     assert (summary["n_source"], summary["height"], summary["width"]) == (5, 24, 40)
     assert (tmp_path / "toy.json").is_file()
-    files = tree(tmp_path)
+    files = tree_bytes(tmp_path)
     src = sorted(k for k in files if k.startswith("source/"))
     assert src == [f"source/{d}/{i:05d}.png" for d in ("images", "labels") for i in range(1, 6)]
     stems = [f"{CITY}_000000_{i:06d}" for i in range(4)]
@@ -264,4 +260,4 @@ def test_writes_only_into_a_new_empty_or_earlier_toy_directory(tmp_path: Path) -
     (empty / ".dasgen-toy-incomplete").write_text("unfinished")
     generate_toy(empty, seed=0, **SMALL)
     generate_toy(tmp_path / "fresh", seed=0, **SMALL)
-    assert tree(empty) == tree(tmp_path / "fresh")
+    assert tree_bytes(empty) == tree_bytes(tmp_path / "fresh")
