@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -94,6 +95,13 @@ def test_two_ranks_give_the_one_rank_artifact(workspace, tmp_path, monkeypatch):
 # -- the data-parallel fine-tune module on its own: 2 gloo processes, an uneven split ------------------------------
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now, for the gloo rendezvous of spawned ranks."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)  # test-local weights, identical in every process
     return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.GroupNorm(2, 6), torch.nn.ReLU(),
@@ -138,11 +146,7 @@ def _worker(rank, world, port, out):
 
 
 def test_sharded_segmenter_gives_the_whole_batch_loss_and_gradient(tmp_path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     mp.spawn(_worker, args=(2, port, tmp_path), nprocs=2, join=True)
     model = _net()
     losses = []
@@ -187,11 +191,7 @@ def _frozen_batchnorm_worker(rank, world, port, out):
 def test_frozen_batchnorm_fine_tunes_data_parallel(tmp_path):
     """Two ranks fine-tune a BatchNorm net with frozen BatchNorm: DDP must not wait for gradients of the frozen
     affine parameters (it would fail at the second iteration), the statistics stay, the ranks agree."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     mp.spawn(_frozen_batchnorm_worker, args=(2, port, tmp_path), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(r["kept"] for r in ranks)
