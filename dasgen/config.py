@@ -169,7 +169,8 @@ class SegmenterConfig:
 class SGGConfig:
     lambda_: float = knob(80.0, min=0.0, key="lambda")  # guidance scale (Sec. 5.1, Fig. 5: best at 80)
     arrangement: Literal["alternate", "lcg-then-gsg", "gsg-then-lcg", "random", "lcg-only", "gsg-only",
-                         "none"] = "alternate"  # Tab. 5: alternate is best; lcg-only/gsg-only for Tab. 2 (e)/(d),
+                         "alternate-no-gsg", "none"] = "alternate"  # Tab. 5: alternate is best; lcg-only/gsg-only
+    # for Tab. 2 (e)/(d); alternate-no-gsg leaves alternate's GSG steps unguided (what GSG itself adds; a diagnosis),
     # none = no guidance: PTL without SGG (Tab. 2 (b)), the one switch that turns guidance off
     max_copies_per_pass: int = knob(64, min=1)  # LCG masked copies per segmenter pass (memory budget)
     # how the pixel cross-entropies become a module's loss: mean (LCG over the class region, GSG over the image) |

@@ -19,7 +19,8 @@ from dasgen.errors import ConfigError
 LCG = "lcg"
 GSG = "gsg"
 
-ARRANGEMENTS = ("alternate", "lcg-then-gsg", "gsg-then-lcg", "random", "lcg-only", "gsg-only", "none")
+ARRANGEMENTS = ("alternate", "lcg-then-gsg", "gsg-then-lcg", "random", "lcg-only", "gsg-only", "alternate-no-gsg",
+                "none")
 
 
 def guidance_plan(arrangement: str, n_steps: int, seed: int = 0) -> list[str | None]:
@@ -29,6 +30,8 @@ def guidance_plan(arrangement: str, n_steps: int, seed: int = 0) -> list[str | N
     - ``lcg-then-gsg`` / ``gsg-then-lcg`` (Tab. 5 a/b): one block then the other.
     - ``random`` (Tab. 5 d, "RandMix"): the same counts in an order shuffled by ``seed`` (reproducible).
     - ``lcg-only`` / ``gsg-only`` (Tab. 2 e/d: w/o GSG, w/o LCG): that module at every step.
+    - ``alternate-no-gsg`` (a diagnosis, not in the paper): ``alternate``'s LCG steps, its GSG steps unguided. Against
+      ``alternate`` it measures what GSG itself adds; ``lcg-only`` also doubles the LCG steps.
     - ``none`` (Tab. 2 b, w/o SGG): no guidance.
     """
     if n_steps < 0:
@@ -52,6 +55,8 @@ def guidance_plan(arrangement: str, n_steps: int, seed: int = 0) -> list[str | N
         return [LCG] * n_steps
     if arrangement == "gsg-only":
         return [GSG] * n_steps
+    if arrangement == "alternate-no-gsg":
+        return [LCG if i % 2 == 0 else None for i in range(n_steps)]
     if arrangement == "none":
         return [None] * n_steps
     raise ConfigError(f"unknown SGG arrangement {arrangement!r}; expected one of {', '.join(ARRANGEMENTS)}")

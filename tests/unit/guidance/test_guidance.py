@@ -218,6 +218,7 @@ def test_plan_orders():
     assert guidance_plan("lcg-only", 3) == ["lcg"] * 3
     assert guidance_plan("gsg-only", 3) == ["gsg"] * 3
     assert guidance_plan("none", 4) == [None] * 4
+    assert guidance_plan("alternate-no-gsg", 5) == ["lcg", None, "lcg", None, "lcg"]  # alternate's LCG steps only
     assert all(guidance_plan(a, 0) == [] for a in ARRANGEMENTS)
 
 
