@@ -90,7 +90,7 @@ def render(result: dict, against: str = "source-only") -> str:
     head = "| variant | " + " | ".join(["mIoU", *classes]) + " |"
     about = (f"bench/experiments/per_class_gain.py on `{result['spec']}`: final segmenter of each row on the spec's "
              f"target val, IoU minus {against}'s of the same seed, mean ± sd over seeds (IoU points). The first row "
-             f"is {against}'s own IoU. Colour-swapped classes: {', '.join(SWAPPED)}.")
+             f"is {against}'s own IoU. Colour-swapped classes of the default toy (toy.colour_swap): {', '.join(SWAPPED)}.")
     runs = ("Runs: every one is a run of the spec's committed report (same params sha256)." if not result["not_in_report"]
             else "Runs not in the spec's committed report (other params sha256): " + ", ".join(result["not_in_report"]))
     title = "source only" if against == "source-only" else against
