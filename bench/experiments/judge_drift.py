@@ -34,6 +34,14 @@ REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "docs" / "results" / "experiments"
 SWAPPED = ("sidewalk", "terrain")  # the toy's colour-swapped classes (toy.colour_swap)
 COPIES_PER_PASS = 256  # masked copies per forward pass (memory only)
+POINTS = 9  # judges read per run: enough for the curve's shape; every one of 100 would take a quarter hour per seed
+
+
+def sampled_domains(N: int, points: int = POINTS) -> list[int]:
+    """Domains 1..N whose judge is read: all of them up to ``points``, else ``points`` spread evenly with both ends."""
+    if N <= points:
+        return list(range(1, N + 1))
+    return sorted({1 + round(i * (N - 1) / (points - 1)) for i in range(points)})
 
 
 @torch.no_grad()
@@ -73,7 +81,7 @@ def drift(spec_path: Path, variants: list[str]) -> dict:
             config = variant_config(spec, row, seed)
             ws = Workspace(run_dir)
             curve = []
-            for n in range(1, config.ptl.N + 1):
+            for n in sampled_domains(config.ptl.N):
                 judge = load_segmenter(ws.segmenter_path(n - 1, config.ptl.N), device=device,
                                        expect_arch=config.segmenter.arch, expect_classes=NUM_TRAIN_CLASSES)
                 curve.append({"domain": n, "judge": f"g_{n - 1}", **region_confidence(judge.eval(), batches)})
@@ -87,23 +95,23 @@ def _cell(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * (sd or 0.0):.1f}"
 
 
-def render(result: dict, points: int = 9) -> str:
-    """One table per variant: the judge's confidence at up to ``points`` domains spread over 1..N."""
+def render(result: dict) -> str:
+    """One table per variant: the judge's confidence at each domain read."""
     seeds = result["seeds"]
     parts = [f"# Judge drift: g_(n-1)'s confidence in the true class on masked target val regions ({len(seeds)} "
              "seeds)", "",
              f"bench/experiments/judge_drift.py on `{result['spec']}`: for the judge of domain n (g_(n-1)), every "
              "(image, class) region of the target val split fed alone (image x mask, LCG's input, Eq. 6), the "
              "softmax probability of the true class averaged over the region, then over regions; in percent, mean "
-             f"± sd over seeds. Swapped: the toy's colour-swapped classes ({', '.join(SWAPPED)}).", ""]
+             f"± sd over seeds. Swapped: the toy's colour-swapped classes ({', '.join(SWAPPED)}). At most {POINTS} "
+             "domains per run, spread evenly from the first to the last.", ""]
     for variant, by_seed in result["rows"].items():
-        N = len(by_seed[str(seeds[0])] if str(seeds[0]) in by_seed else by_seed[seeds[0]])
-        curves = [by_seed.get(str(s), by_seed.get(s)) for s in seeds]
-        domains = sorted({1 + round(i * (N - 1) / (points - 1)) for i in range(points)}) if N > 1 else [1]
+        curves = [by_seed[str(s)] if str(s) in by_seed else by_seed[s] for s in seeds]
+        N = curves[0][-1]["domain"]
         table = markdown_table(
             ["domain n (judge g_(n-1))", "all classes", "swapped classes"],
-            [[f"{n} (g_{n - 1})", _cell([c[n - 1]["all"] for c in curves]),
-              _cell([c[n - 1]["swapped"] for c in curves])] for n in domains], "lrr")
+            [[f"{point['domain']} (g_{point['domain'] - 1})", _cell([c[i]["all"] for c in curves]),
+              _cell([c[i]["swapped"] for c in curves])] for i, point in enumerate(curves[0])], "lrr")
         parts += [f"## {variant} (N = {N})", "", table, ""]
     return "\n".join(parts)
 
