@@ -73,7 +73,9 @@ def drift(spec_path: Path, variants: list[str]) -> dict:
     batches = list(store_batches(store, 32, device))
     rows: dict[str, dict[int, list[dict]]] = {}
     for variant in variants:
-        row = next(v for v in spec.variants if v.name == variant)
+        row = next((v for v in spec.variants if v.name == variant), None)
+        if row is None:
+            raise SystemExit(f"{spec_path}: no variant {variant!r} (it has {', '.join(v.name for v in spec.variants)})")
         for seed in spec.seeds:
             run_dir = spec.out / f"seed-{seed}" / variant
             if not (run_dir / RESULT_FILE).is_file():

@@ -12,12 +12,12 @@ from dasgen.pipeline.chains import domain_chain, domain_noise_levels
 ASSUMED_CLASSES_PER_IMAGE = 8.0  # LCG copies per image when the source has not been scanned (GTA5 averages ~12)
 
 
-
 def finetune_images_per_domain(config: Config) -> int:
     """Images one domain's fine-tune trains on (Eq. 12): a batch of adapted images per iteration, and as many source
     images again unless L_src is dropped."""
     ft = config.ptl.finetune
     return ft.iters * ft.batch_size * (2 if ft.use_src_loss else 1)
+
 
 @dataclass(frozen=True)
 class DomainCost:
