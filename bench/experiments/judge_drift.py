@@ -27,12 +27,11 @@ from dasgen.pipeline.segmenters import store_batches, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.research.ablate import RESULT_FILE, seed_config, variant_config
 from dasgen.research.ablate_spec import load_spec
-from dasgen.research.experiments import markdown_table, mean_std
+from dasgen.research.experiments import SWAPPED_CLASSES, markdown_table, mean_std
 from dasgen.segment.checkpoint import load_segmenter
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "docs" / "results" / "experiments"
-SWAPPED = ("sidewalk", "terrain")  # the toy's colour-swapped classes (toy.colour_swap)
 COPIES_PER_PASS = 256  # masked copies per forward pass (memory only)
 POINTS = 9  # judges read per run: enough for the curve's shape; every one of 100 would take a quarter hour per seed
 
@@ -59,7 +58,7 @@ def region_confidence(model, batches) -> dict[str, float]:
             true = probs.gather(1, class_id.view(-1, 1, 1, 1).expand(-1, 1, *mask.shape[1:])).squeeze(1)
             mean_in_region = (true * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2))
             per_region += list(zip(class_id.tolist(), mean_in_region.tolist()))
-    swapped = {TRAIN_ID_NAMES.index(name) for name in SWAPPED}
+    swapped = {TRAIN_ID_NAMES.index(name) for name in SWAPPED_CLASSES}
     every = [p for _, p in per_region]
     swapped_only = [p for c, p in per_region if c in swapped]
     return {"all": sum(every) / len(every), "swapped": sum(swapped_only) / max(1, len(swapped_only)),
@@ -105,10 +104,10 @@ def render(result: dict) -> str:
              f"bench/experiments/judge_drift.py on `{result['spec']}`: for the judge of domain n (g_(n-1)), every "
              "(image, class) region of the target val split fed alone (image x mask, LCG's input, Eq. 6), the "
              "softmax probability of the true class averaged over the region, then over regions; in percent, mean "
-             f"± sd over seeds. Swapped: the toy's colour-swapped classes ({', '.join(SWAPPED)}). At most {POINTS} "
+             f"± sd over seeds. Swapped: the toy's colour-swapped classes ({', '.join(SWAPPED_CLASSES)}). At most {POINTS} "
              "domains per run, spread evenly from the first to the last.", ""]
     for variant, by_seed in result["rows"].items():
-        curves = [by_seed[str(s)] if str(s) in by_seed else by_seed[s] for s in seeds]
+        curves = [by_seed[s] for s in seeds]
         N = curves[0][-1]["domain"]
         table = markdown_table(
             ["domain n (judge g_(n-1))", "all classes", "swapped classes"],

@@ -29,12 +29,11 @@ from dasgen.pipeline.segmenters import score_on_target, target_val_store
 from dasgen.pipeline.workspace import Workspace
 from dasgen.research.ablate import RESULT_FILE, seed_config, variant_config
 from dasgen.research.ablate_spec import load_spec
-from dasgen.research.experiments import mean_std
+from dasgen.research.experiments import SWAPPED_CLASSES, mean_std
 from dasgen.segment.checkpoint import load_segmenter
 
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "docs" / "results" / "experiments"
-SWAPPED = ("sidewalk", "terrain")  # the toy's colour-swapped classes (toy.colour_swap)
 
 
 def final_segmenter(spec, run_dir: Path, variant: str, seed: int) -> Path:
@@ -90,7 +89,7 @@ def render(result: dict, against: str = "source-only") -> str:
     head = "| variant | " + " | ".join(["mIoU", *classes]) + " |"
     about = (f"bench/experiments/per_class_gain.py on `{result['spec']}`: final segmenter of each row on the spec's "
              f"target val, IoU minus {against}'s of the same seed, mean ± sd over seeds (IoU points). The first row "
-             f"is {against}'s own IoU. Colour-swapped classes of the default toy (toy.colour_swap): {', '.join(SWAPPED)}.")
+             f"is {against}'s own IoU. Colour-swapped classes of the default toy (toy.colour_swap): {', '.join(SWAPPED_CLASSES)}.")
     runs = ("Runs: every one is a run of the spec's committed report (same params sha256)." if not result["not_in_report"]
             else "Runs not in the spec's committed report (other params sha256): " + ", ".join(result["not_in_report"]))
     title = "source only" if against == "source-only" else against

@@ -22,7 +22,12 @@ from dasgen.research.ablate_report import mean_std  # noqa: F401 (part of this A
 from dasgen.seeding import image_seed
 from dasgen.segment.train import train_source
 
-__all__ = ["flip_sampler", "markdown_table", "mean_std", "overrides_text", "record_run", "train_g0_recipe"]
+__all__ = ["SWAPPED_CLASSES", "flip_sampler", "markdown_table", "mean_std", "overrides_text", "record_run",
+           "train_g0_recipe"]
+
+# The default toy's colour-swapped classes (toy.colour_swap: their target colours are other classes' source colours,
+# dasgen/datasets/toy/look.py), which the per-class tables report apart.
+SWAPPED_CLASSES = ("sidewalk", "terrain")
 
 
 def flip_sampler(x: torch.Tensor, y: torch.Tensor, batch_size: int):

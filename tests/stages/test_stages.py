@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from dasgen.cli import app
 from dasgen.config import load_config
+import dasgen.stages.translate as translate
 from dasgen.stages.translate import run_domain
 from dasgen.stages.summarize import run_summary
 from dasgen.pipeline.workspace import Workspace
@@ -191,8 +192,6 @@ def test_version_option_prints_the_version():
 def test_fading_src_loss_reaches_each_domains_finetune(workspace, monkeypatch):
     """ptl.finetune.src_loss_schedule: fade hands domain n's fine-tune the weight 1 - (n - 1) / N for L_src;
     constant (Eq. 12) hands 1."""
-    import dasgen.stages.translate as translate
-
     seen = {}
     real = translate.finetune
 
